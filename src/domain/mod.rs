@@ -1,0 +1,7 @@
+//! Domain: orders as the gateway accepts them, publishes them and streams them. No I/O here.
+
+pub mod order;
+pub mod position;
+
+pub use order::{FieldError, NewOrder, Order, TrackedOrder};
+pub use position::{Position, PositionError};

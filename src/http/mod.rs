@@ -1,0 +1,82 @@
+//! The HTTP edge: state, router and layers. Handlers know our types only, never Kafka's.
+
+pub mod error;
+pub mod json;
+pub mod ops;
+pub mod orders;
+pub mod stream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Uri};
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::hub::Hub;
+use crate::publisher::Publisher;
+use crate::readiness::Readiness;
+use crate::telemetry;
+use error::ApiError;
+
+/// What every handler may use; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub publisher: Arc<dyn Publisher>,
+    pub hub: Arc<Hub>,
+    pub readiness: Arc<Readiness>,
+    /// Cancelled when the gateway shuts down; open streams end on it.
+    pub shutdown: CancellationToken,
+    pub stream_keep_alive: Duration,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "orders-gateway", description = "An HTTP front for an Apache Kafka orders topic."),
+    tags(
+        (name = "orders", description = "Place orders and watch them being tracked"),
+        (name = "operations", description = "Health and readiness"),
+    )
+)]
+struct ApiDoc;
+
+/// Every documented route; the router and the OpenAPI document both come from this list.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(orders::place_order))
+        .routes(routes!(stream::stream_orders))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+}
+
+/// The OpenAPI document of the API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let (router, _) = routes().split_for_parts();
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(json::BODY_LIMIT))
+        // Outermost last: take or make an x-request-id, trace inside its span, echo it back.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(telemetry::trace_layer())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(uri.path().to_owned())
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed(method.to_string())
+}

@@ -1,0 +1,68 @@
+//! `POST /orders`: validate, publish, answer once the broker acknowledged.
+
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, Problem};
+use super::json::JsonBody;
+use crate::domain::order::rfc3339;
+use crate::domain::{NewOrder, Order};
+
+/// The answer to an acknowledged order: the order as stored, and where.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderAccepted {
+    #[serde(flatten)]
+    pub order: Order,
+    /// Topic the order was written to.
+    pub topic: String,
+    /// Partition it was written to.
+    pub partition: i32,
+    /// Its offset within the partition.
+    pub offset: i64,
+    /// The record's timestamp as stored by the broker (RFC 3339, UTC).
+    pub timestamp: String,
+}
+
+/// Place an order.
+///
+/// The order is validated, then produced to Kafka (key: `order_id`, acks=all, idempotent).
+/// The answer comes only after the broker acknowledged the record: a 202 means the order
+/// is on the topic. Unknown fields are rejected.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    request_body(content = NewOrder, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The broker acknowledged the order", body = OrderAccepted),
+        (status = 400, description = "The body is not valid JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not declared as JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, each listed in `errors`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The broker did not acknowledge in time, or too many orders are waiting; see Retry-After",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
+pub async fn place_order(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<OrderAccepted>), ApiError> {
+    let order = Order::parse(body, SystemTime::now()).map_err(ApiError::Validation)?;
+    tracing::Span::current().record("order_id", tracing::field::display(order.order_id));
+    let receipt = state.publisher.publish(&order).await?;
+    let accepted = OrderAccepted {
+        order,
+        topic: receipt.topic,
+        partition: receipt.partition,
+        offset: receipt.offset,
+        timestamp: rfc3339(receipt.timestamp),
+    };
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}

@@ -1,0 +1,172 @@
+//! The topic supervisor: probes the broker, creates the orders topic when it is missing,
+//! and keeps readiness up to date, retrying with backoff while the broker is away.
+
+use std::num::NonZeroI32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use tokio_util::sync::CancellationToken;
+
+use super::ClientSettings;
+use crate::hub::Hub;
+use crate::readiness::Readiness;
+
+/// How long one metadata request may take; also bounds how stale readiness can be.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between probes while everything is fine.
+const HEALTHY_INTERVAL: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The topic to keep present.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: NonZeroI32,
+    pub replication: NonZeroI32,
+}
+
+/// What one probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    TopicPresent,
+    TopicMissing,
+    BrokerUnreachable,
+}
+
+/// Probes and creates the topic; owns the admin client.
+pub struct TopicSupervisor {
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    topic: TopicSpec,
+}
+
+impl TopicSupervisor {
+    pub fn new(settings: &ClientSettings, topic: TopicSpec) -> Result<Self, KafkaError> {
+        Ok(Self {
+            admin: Arc::new(settings.admin().create()?),
+            topic,
+        })
+    }
+
+    /// Runs until `cancel`. When it had to create the topic again after it vanished (a
+    /// broker without persistent storage restarted), the hub's positions from the old
+    /// topic are void and it is told so.
+    pub async fn run(self, readiness: Arc<Readiness>, hub: Arc<Hub>, cancel: CancellationToken) {
+        let mut backoff = BACKOFF_MIN;
+        let mut last = None;
+        let mut seen_topic = false;
+        loop {
+            let probe = self.probe().await;
+            if last != Some(probe) {
+                log_change(probe, &self.topic.name);
+                last = Some(probe);
+            }
+            readiness.set_broker(probe != Probe::BrokerUnreachable);
+            readiness.set_topic(probe == Probe::TopicPresent);
+            let pause = match probe {
+                Probe::TopicPresent => {
+                    seen_topic = true;
+                    backoff = BACKOFF_MIN;
+                    HEALTHY_INTERVAL
+                }
+                Probe::TopicMissing => match self.create().await {
+                    Ok(()) => {
+                        if seen_topic {
+                            tracing::warn!(topic = %self.topic.name, "topic was recreated; stream positions restart");
+                            hub.reset();
+                        }
+                        Duration::ZERO
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, topic = %self.topic.name, "could not create topic; retrying");
+                        next_backoff(&mut backoff)
+                    }
+                },
+                Probe::BrokerUnreachable => next_backoff(&mut backoff),
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    async fn probe(&self) -> Probe {
+        let admin = self.admin.clone();
+        let topic = self.topic.name.clone();
+        // fetch_metadata blocks its thread for up to PROBE_TIMEOUT.
+        let metadata = tokio::task::spawn_blocking(move || {
+            admin.inner().fetch_metadata(Some(&topic), PROBE_TIMEOUT)
+        })
+        .await;
+        let Ok(Ok(metadata)) = metadata else {
+            return Probe::BrokerUnreachable;
+        };
+        let present = metadata.topics().iter().any(|t| {
+            t.name() == self.topic.name && t.error().is_none() && !t.partitions().is_empty()
+        });
+        if present {
+            Probe::TopicPresent
+        } else {
+            Probe::TopicMissing
+        }
+    }
+
+    async fn create(&self) -> Result<(), KafkaError> {
+        let spec = &self.topic;
+        let new_topic = NewTopic::new(
+            &spec.name,
+            spec.partitions.get(),
+            TopicReplication::Fixed(spec.replication.get()),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(PROBE_TIMEOUT));
+        let results = self.admin.create_topics([&new_topic], &options).await?;
+        for result in results {
+            match result {
+                Ok(name) => {
+                    tracing::info!(topic = %name, partitions = spec.partitions, "created topic");
+                }
+                // Another gateway replica won the race: fine.
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn log_change(probe: Probe, topic: &str) {
+    match probe {
+        Probe::TopicPresent => tracing::info!(topic, "broker reachable, topic present"),
+        Probe::TopicMissing => {
+            tracing::info!(topic, "broker reachable, topic missing: creating it");
+        }
+        Probe::BrokerUnreachable => {
+            tracing::warn!(
+                topic,
+                "Kafka broker not reachable; not ready, retrying with backoff"
+            );
+        }
+    }
+}
+
+fn next_backoff(backoff: &mut Duration) -> Duration {
+    let now = *backoff;
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    now
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let mut b = BACKOFF_MIN;
+        let waits: Vec<_> = (0..7).map(|_| next_backoff(&mut b).as_millis()).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000]);
+    }
+}

@@ -1,0 +1,93 @@
+//! librdkafka settings for each client, with the reason for every non-default value.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+
+use crate::config::Config;
+
+/// What every Kafka client of the gateway shares.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub bootstrap_servers: String,
+    /// User pass-through settings, applied last so they can tune our defaults.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl ClientSettings {
+    pub fn new(bootstrap_servers: impl Into<String>, config: &Config) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            overrides: config.kafka_config.clone(),
+        }
+    }
+
+    fn base(&self, client_id: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", client_id)
+            // The gateway creates the topic with the configured partition count; a broker
+            // auto-creating it on first metadata request would pick its own default.
+            .set("allow.auto.create.topics", "false")
+            // librdkafka's own log lines go through our tracing subscriber.
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+        c
+    }
+
+    fn finish(&self, mut c: ClientConfig) -> ClientConfig {
+        for (key, value) in &self.overrides {
+            c.set(key, value);
+        }
+        c
+    }
+
+    /// The one long-lived producer behind `POST /orders`.
+    pub(crate) fn producer(&self, produce_timeout: Duration) -> ClientConfig {
+        let mut c = self.base("orders-gateway-producer");
+        // A 2xx means the record is on every in-sync replica, and retries never duplicate
+        // or reorder it.
+        c.set("acks", "all")
+            .set("enable.idempotence", "true")
+            // Give up on a record when the HTTP caller stops waiting, so a 503 is not
+            // followed by a late write long after the client was told it failed.
+            .set("message.timeout.ms", millis(produce_timeout))
+            // Idle: a lone order waits at most 1 ms. Under load batches still fill up while
+            // earlier requests are in flight (up to 5 with idempotence).
+            .set("linger.ms", "1")
+            // Bounded queue: beyond it POSTs get 503 at once instead of piling up memory.
+            .set("queue.buffering.max.messages", "100000")
+            // Find a lost broker again quickly once it is back.
+            .set("reconnect.backoff.max.ms", "1000");
+        self.finish(c)
+    }
+
+    /// The tracker's consumer in the `order-tracker` group.
+    pub(crate) fn tracker(&self, group_id: &str) -> ClientConfig {
+        let mut c = self.base("orders-gateway-tracker");
+        c.set("group.id", group_id)
+            // The original tracker.py read the topic from the beginning for a new group.
+            .set("auto.offset.reset", "earliest")
+            // At-least-once: an offset is stored only after its order was handed to the hub;
+            // stored offsets are committed in the background and once more on shutdown.
+            .set("enable.auto.offset.store", "false")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            // A group join takes about session.timeout.ms / 2. 6 s is the smallest session
+            // Kafka accepts by default (group.min.session.timeout.ms) and joins in ~3 s
+            // instead of ~23 s with librdkafka's 45 s default.
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("reconnect.backoff.max.ms", "1000");
+        self.finish(c)
+    }
+
+    /// The admin client that checks and creates the topic.
+    pub(crate) fn admin(&self) -> ClientConfig {
+        let c = self.base("orders-gateway-admin");
+        self.finish(c)
+    }
+}
+
+fn millis(d: Duration) -> String {
+    d.as_millis().to_string()
+}

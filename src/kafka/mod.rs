@@ -1,0 +1,11 @@
+//! Kafka adapters: the producer behind [`crate::publisher::Publisher`], the tracker that
+//! feeds the hub, the topic supervisor, and the embedded development broker. librdkafka
+//! types never leave this module.
+
+pub mod admin;
+mod config;
+pub mod embedded;
+pub mod producer;
+pub mod tracker;
+
+pub use config::ClientSettings;

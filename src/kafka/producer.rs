@@ -1,0 +1,142 @@
+//! The Kafka producer behind `POST /orders`: one per process, acks=all, idempotent.
+
+use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use rdkafka::Timestamp;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::ClientSettings;
+use crate::domain::Order;
+use crate::publisher::{PublishError, Publisher, Receipt};
+
+/// Publishes orders to the orders topic, keyed by order id.
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+    topic: String,
+    timeout: Duration,
+}
+
+impl KafkaPublisher {
+    /// Creates the producer; it connects lazily, so this succeeds while the broker is down.
+    pub fn new(
+        settings: &ClientSettings,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Self, KafkaError> {
+        let producer = settings.producer(timeout).create()?;
+        Ok(Self {
+            producer,
+            topic: topic.to_owned(),
+            timeout,
+        })
+    }
+
+    /// Waits up to `timeout` for every queued order to be acknowledged (shutdown).
+    pub async fn flush(&self, timeout: Duration) {
+        let producer = self.producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        match flushed {
+            Ok(Ok(())) => tracing::info!("producer flushed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "producer flush incomplete"),
+            Err(e) => tracing::warn!(error = %e, "producer flush task failed"),
+        }
+    }
+
+    async fn send(&self, order: &Order) -> Result<Receipt, PublishError> {
+        let key = order.order_id.to_string();
+        let payload = order.to_json();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "content-type",
+            value: Some("application/json"),
+        });
+        let created = created_millis(order);
+        let mut record = FutureRecord::to(&self.topic)
+            .key(&key)
+            .payload(&payload)
+            .headers(headers);
+        if let Some(ms) = created {
+            record = record.timestamp(ms);
+        }
+        // send_result never waits for queue space: a full queue is an immediate 503.
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| publish_error(&e))?;
+        // librdkafka also gives up at message.timeout.ms, but checks that only about once a
+        // second; this bound keeps the HTTP answer within PRODUCE_TIMEOUT.
+        let acked = tokio::time::timeout(self.timeout, delivery)
+            .await
+            .map_err(|_| PublishError::Timeout)?
+            .map_err(|_| PublishError::Unavailable("the producer was shut down".into()))?;
+        match acked {
+            Ok(d) => Ok(Receipt {
+                topic: self.topic.clone(),
+                partition: d.partition,
+                offset: d.offset,
+                timestamp: stored_timestamp(d.timestamp, created),
+            }),
+            Err((e, _)) => Err(publish_error(&e)),
+        }
+    }
+}
+
+impl Publisher for KafkaPublisher {
+    fn publish<'a>(&'a self, order: &'a Order) -> BoxFuture<'a, Result<Receipt, PublishError>> {
+        self.send(order).boxed()
+    }
+}
+
+fn publish_error(e: &KafkaError) -> PublishError {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::QueueFull) => PublishError::QueueFull,
+        Some(RDKafkaErrorCode::MessageTimedOut) => PublishError::Timeout,
+        _ => PublishError::Unavailable(e.to_string()),
+    }
+}
+
+fn created_millis(order: &Order) -> Option<i64> {
+    let t = humantime::parse_rfc3339(&order.created_at).ok()?;
+    i64::try_from(t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_millis()).ok()
+}
+
+/// A topic with `message.timestamp.type=LogAppendTime` stores the broker's time; otherwise
+/// the record keeps the creation time we set (some brokers echo something else back).
+fn stored_timestamp(acked: Timestamp, created: Option<i64>) -> SystemTime {
+    let stored = match acked {
+        Timestamp::LogAppendTime(_) => acked,
+        _ => created.map_or(acked, Timestamp::CreateTime),
+    };
+    timestamp(stored).unwrap_or_else(SystemTime::now)
+}
+
+/// A Kafka timestamp as a point in time; `None` when the record carries none.
+pub(crate) fn timestamp(t: Timestamp) -> Option<SystemTime> {
+    let ms = u64::try_from(t.to_millis()?).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_full_and_timeouts_keep_their_meaning() {
+        let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
+        assert_eq!(publish_error(&full), PublishError::QueueFull);
+        let late = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        assert_eq!(publish_error(&late), PublishError::Timeout);
+        let down = KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown);
+        assert!(matches!(publish_error(&down), PublishError::Unavailable(_)));
+    }
+
+    #[test]
+    fn kafka_timestamps_become_points_in_time() {
+        let t = timestamp(Timestamp::CreateTime(1_500)).unwrap();
+        assert_eq!(t, SystemTime::UNIX_EPOCH + Duration::from_millis(1_500));
+        assert_eq!(timestamp(Timestamp::NotAvailable), None);
+    }
+}
