@@ -56,7 +56,11 @@ pub async fn run(
     let settings = ClientSettings::new(bootstrap, &config);
     let topic = config.orders_topic.clone();
     let readiness = Arc::new(Readiness::default());
-    let hub = Arc::new(Hub::new(topic.clone(), config.stream_buffer.get()));
+    let hub = Arc::new(Hub::new(
+        topic.clone(),
+        config.stream_buffer.get(),
+        config.stream_replay,
+    ));
     let publisher = Arc::new(
         KafkaPublisher::new(&settings, &topic, config.produce_timeout)
             .map_err(|e| AppError::Start("producer", e.to_string()))?,

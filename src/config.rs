@@ -46,6 +46,10 @@ pub struct Config {
     #[arg(long, env = "STREAM_BUFFER", default_value = "1024")]
     pub stream_buffer: NonZeroUsize,
 
+    /// Recent orders kept in memory for `GET /orders/stream?since=` replays.
+    #[arg(long, env = "STREAM_REPLAY", default_value = "10000")]
+    pub stream_replay: usize,
+
     /// Interval of the keep-alive comment on idle streams.
     #[arg(long, env = "STREAM_KEEP_ALIVE", default_value = "15s", value_parser = duration)]
     pub stream_keep_alive: Duration,

@@ -1,7 +1,9 @@
 //! Fan-out hub: hands every tracked order to every connected stream client.
 //! It knows orders and positions, never Kafka, so streaming is testable without a broker.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
 
 use tokio::sync::broadcast;
 
@@ -29,24 +31,39 @@ pub enum Next {
     Closed,
 }
 
-/// Publishes tracked orders to any number of subscribers, each with a bounded buffer.
+/// Publishes tracked orders to any number of subscribers, each with a bounded buffer, and
+/// keeps the most recent ones for clients that ask for a replay.
 #[derive(Debug)]
 pub struct Hub {
     topic: String,
     tx: broadcast::Sender<Arc<StreamEvent>>,
-    /// Held while sending, so ids reach subscribers in the order positions advance.
-    position: Mutex<Position>,
+    /// Held while sending, so ids reach subscribers in the order positions advance, and a
+    /// replay taken together with a subscription neither misses nor repeats an order.
+    inner: Mutex<Inner>,
+    replay: usize,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    position: Position,
+    recent: VecDeque<Arc<StreamEvent>>,
 }
 
 impl Hub {
-    /// `buffer` is how many orders one subscriber may fall behind before it lags.
-    pub fn new(topic: impl Into<String>, buffer: usize) -> Self {
+    /// `buffer` is how many orders one subscriber may fall behind before it lags;
+    /// `replay` how many recent orders are kept for `since` replays.
+    pub fn new(topic: impl Into<String>, buffer: usize, replay: usize) -> Self {
         let (tx, _) = broadcast::channel(buffer.max(1));
         Self {
             topic: topic.into(),
             tx,
-            position: Mutex::new(Position::default()),
+            inner: Mutex::default(),
+            replay,
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The topic whose positions this hub's ids encode.
@@ -58,33 +75,37 @@ impl Hub {
     /// its partition was already published (Kafka redelivers after a rebalance) and is
     /// skipped, so clients never see it twice; returns whether it was published.
     pub fn publish(&self, order: TrackedOrder) -> bool {
-        let mut position = self.position.lock().unwrap_or_else(PoisonError::into_inner);
-        if position.has_passed(order.partition, order.offset) {
+        let mut inner = self.lock();
+        if inner.position.has_passed(order.partition, order.offset) {
             return false;
         }
-        position.advance(order.partition, order.offset);
-        let event = StreamEvent {
-            id: position.encode(&self.topic),
+        inner.position.advance(order.partition, order.offset);
+        let event = Arc::new(StreamEvent {
+            id: inner.position.encode(&self.topic),
             // A struct of strings and integers always serialises.
             data: serde_json::to_string(&order).unwrap_or_default(),
             order,
-        };
+        });
+        if self.replay > 0 {
+            if inner.recent.len() == self.replay {
+                inner.recent.pop_front();
+            }
+            inner.recent.push_back(event.clone());
+        }
         // No subscribers is not an error: the order is simply not watched right now.
-        let _ = self.tx.send(Arc::new(event));
+        let _ = self.tx.send(event);
         true
     }
 
-    /// Forgets every position: the topic was recreated, so its offsets start again at 0.
+    /// Forgets every position and kept order: the topic was recreated, so its offsets
+    /// start again at 0.
     pub fn reset(&self) {
-        *self.position.lock().unwrap_or_else(PoisonError::into_inner) = Position::default();
+        *self.lock() = Inner::default();
     }
 
     /// The position after the last published order.
     pub fn position(&self) -> Position {
-        self.position
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.lock().position.clone()
     }
 
     /// A new subscriber that receives every order published from now on.
@@ -92,6 +113,19 @@ impl Hub {
         Subscription {
             rx: self.tx.subscribe(),
         }
+    }
+
+    /// The kept orders stamped at or after `since`, and a subscriber for everything after
+    /// them: taken under one lock, so together they neither miss nor repeat an order.
+    pub fn subscribe_since(&self, since: SystemTime) -> (Vec<Arc<StreamEvent>>, Subscription) {
+        let inner = self.lock();
+        let backlog = inner
+            .recent
+            .iter()
+            .filter(|e| e.order.at >= since)
+            .cloned()
+            .collect();
+        (backlog, self.subscribe())
     }
 
     /// How many subscribers are connected.
@@ -131,6 +165,7 @@ mod tests {
             partition,
             offset,
             timestamp: "2026-11-26T00:00:00.000Z".into(),
+            at: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(offset.unsigned_abs()),
         }
     }
 
@@ -143,7 +178,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_subscriber_gets_every_order_in_order() {
-        let hub = Hub::new("orders", 16);
+        let hub = Hub::new("orders", 16, 0);
         let (mut a, mut b) = (hub.subscribe(), hub.subscribe());
         for offset in 0..3 {
             assert!(hub.publish(order(0, offset)));
@@ -157,7 +192,7 @@ mod tests {
 
     #[tokio::test]
     async fn ids_encode_the_position_after_each_order() {
-        let hub = Hub::new("orders", 16);
+        let hub = Hub::new("orders", 16, 0);
         let mut sub = hub.subscribe();
         hub.publish(order(1, 4));
         hub.publish(order(0, 9));
@@ -170,7 +205,7 @@ mod tests {
 
     #[tokio::test]
     async fn redelivered_records_are_not_published_twice() {
-        let hub = Hub::new("orders", 16);
+        let hub = Hub::new("orders", 16, 0);
         let mut sub = hub.subscribe();
         assert!(hub.publish(order(0, 0)));
         assert!(hub.publish(order(0, 1)));
@@ -188,7 +223,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_subscriber_is_told_how_much_it_missed_without_slowing_others() {
-        let hub = Hub::new("orders", 4);
+        let hub = Hub::new("orders", 4, 0);
         let mut slow = hub.subscribe();
         let mut fast = hub.subscribe();
         for offset in 0..10 {
@@ -200,8 +235,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_replay_and_its_subscription_neither_miss_nor_repeat() {
+        let hub = Hub::new("orders", 16, 3);
+        for offset in 0..5 {
+            hub.publish(order(0, offset));
+        }
+        let since = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(3);
+        let (backlog, mut sub) = hub.subscribe_since(since);
+        assert_eq!(
+            backlog.iter().map(|e| e.order.offset).collect::<Vec<_>>(),
+            [3, 4]
+        );
+        hub.publish(order(0, 5));
+        assert_eq!(expect_event(&mut sub).await.order.offset, 5);
+        let (all_kept, _) = hub.subscribe_since(SystemTime::UNIX_EPOCH);
+        assert_eq!(all_kept.len(), 3, "only the last `replay` orders are kept");
+    }
+
+    #[tokio::test]
+    async fn a_reset_forgets_positions_and_kept_orders() {
+        let hub = Hub::new("orders", 16, 8);
+        hub.publish(order(0, 7));
+        hub.reset();
+        assert!(
+            hub.publish(order(0, 0)),
+            "offset 0 of a recreated topic is new"
+        );
+        assert_eq!(hub.subscribe_since(SystemTime::UNIX_EPOCH).0.len(), 1);
+    }
+
+    #[tokio::test]
     async fn subscribers_see_the_hub_close() {
-        let hub = Hub::new("orders", 4);
+        let hub = Hub::new("orders", 4, 0);
         let mut sub = hub.subscribe();
         assert_eq!(hub.subscribers(), 1);
         drop(hub);

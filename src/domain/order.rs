@@ -187,6 +187,9 @@ pub struct TrackedOrder {
     pub offset: i64,
     /// The record's timestamp (RFC 3339, UTC).
     pub timestamp: String,
+    /// The record's timestamp as a point in time, for `since` replays.
+    #[serde(skip)]
+    pub at: SystemTime,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +220,7 @@ impl TrackedOrder {
             partition,
             offset,
             timestamp: rfc3339(timestamp),
+            at: timestamp,
         })
     }
 }
