@@ -96,8 +96,9 @@ pub async fn run(
     tasks.spawn(serve(listener, http::router(state), cancel.clone()));
     tasks.spawn({
         let (readiness, hub, cancel) = (readiness.clone(), hub.clone(), cancel.clone());
+        let publisher = publisher.clone();
         async move {
-            supervisor.run(readiness, hub, cancel).await;
+            supervisor.run(readiness, hub, publisher, cancel).await;
             ("topic supervisor", Ok(()))
         }
     });
@@ -114,8 +115,10 @@ pub async fn run(
     let failure = tokio::select! {
         () = cancel.cancelled() => None,
         Some(joined) = tasks.join_next() => {
+            // A task that ends because shutdown began in the same instant did its job.
+            let failed = !cancel.is_cancelled();
             cancel.cancel();
-            Some(task_outcome(joined))
+            failed.then(|| task_outcome(joined))
         }
     };
     drain(&mut tasks).await;

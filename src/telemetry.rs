@@ -40,12 +40,23 @@ impl<B> MakeSpan<B> for RequestSpan {
 }
 
 /// Traces each request inside a [`RequestSpan`] and logs its response.
-pub type HttpTrace =
-    TraceLayer<SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), DefaultOnResponse>;
+pub type HttpTrace = TraceLayer<
+    SharedClassifier<ServerErrorsAsFailures>,
+    RequestSpan,
+    (),
+    DefaultOnResponse,
+    (),
+    (),
+    (),
+>;
 
 pub fn trace_layer() -> HttpTrace {
     TraceLayer::new_for_http()
         .make_span_with(RequestSpan)
         .on_request(())
         .on_response(DefaultOnResponse::new().level(Level::INFO))
+        // The response line already carries the status; a 503 from /readyz is not an error.
+        .on_body_chunk(())
+        .on_eos(())
+        .on_failure(())
 }

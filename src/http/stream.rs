@@ -108,6 +108,7 @@ pub async fn stream_orders(
         backlog: backlog.into(),
         subscription,
         shutdown: state.shutdown.clone(),
+        since: query.since,
         remaining: query.limit,
         last_id: None,
         phase: Phase::Start,
@@ -137,6 +138,8 @@ struct Feed {
     backlog: VecDeque<Arc<StreamEvent>>,
     subscription: Subscription,
     shutdown: CancellationToken,
+    /// Orders stamped before this are not sent, replayed or live.
+    since: Option<SystemTime>,
     /// Order events still to send when the client set `limit`.
     remaining: Option<u32>,
     last_id: Option<String>,
@@ -176,17 +179,30 @@ impl Feed {
         if let Some(event) = self.backlog.pop_front() {
             return Some(self.order_event(&event));
         }
+        loop {
+            let next = self.next_live().await?;
+            if let Some(event) = next {
+                return Some(event);
+            }
+        }
+    }
+
+    /// The next live event; `Some(None)` for an order this client did not ask for.
+    async fn next_live(&mut self) -> Option<Option<Event>> {
         let next = tokio::select! {
             () = self.shutdown.cancelled() => {
                 self.phase = Phase::Done;
-                return Some(Event::default()
+                return Some(Some(Event::default()
                     .comment("gateway shutting down; reconnect with Last-Event-ID")
-                    .retry(RETRY));
+                    .retry(RETRY)));
             }
             next = self.subscription.next() => next,
         };
         match next {
-            Next::Event(event) => Some(self.order_event(&event)),
+            Next::Event(event) if self.since.is_some_and(|since| event.order.at < since) => {
+                Some(None)
+            }
+            Next::Event(event) => Some(Some(self.order_event(&event))),
             Next::Lagged { missed } => {
                 metrics::counter!("orders_gateway_stream_overflows_total").increment(1);
                 self.phase = Phase::Done;
@@ -195,12 +211,8 @@ impl Feed {
                     "last_event_id": self.last_id,
                     "detail": "this client fell too far behind the live feed and was disconnected",
                 });
-                Some(
-                    Event::default()
-                        .event("overflow")
-                        .data(data.to_string())
-                        .retry(RETRY),
-                )
+                let overflow = Event::default().event("overflow").data(data.to_string());
+                Some(Some(overflow.retry(RETRY)))
             }
             Next::Closed => None,
         }

@@ -11,6 +11,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio_util::sync::CancellationToken;
 
 use super::ClientSettings;
+use super::producer::KafkaPublisher;
 use crate::hub::Hub;
 use crate::readiness::Readiness;
 
@@ -53,8 +54,14 @@ impl TopicSupervisor {
 
     /// Runs until `cancel`. When it had to create the topic again after it vanished (a
     /// broker without persistent storage restarted), the hub's positions from the old
-    /// topic are void and it is told so.
-    pub async fn run(self, readiness: Arc<Readiness>, hub: Arc<Hub>, cancel: CancellationToken) {
+    /// topic are void, and the broker forgot the producer's id: both start over.
+    pub async fn run(
+        self,
+        readiness: Arc<Readiness>,
+        hub: Arc<Hub>,
+        publisher: Arc<KafkaPublisher>,
+        cancel: CancellationToken,
+    ) {
         let mut backoff = BACKOFF_MIN;
         let mut last = None;
         let mut seen_topic = false;
@@ -77,6 +84,7 @@ impl TopicSupervisor {
                         if seen_topic {
                             tracing::warn!(topic = %self.topic.name, "topic was recreated; stream positions restart");
                             hub.reset();
+                            publisher.renew("the topic was recreated");
                         }
                         Duration::ZERO
                     }

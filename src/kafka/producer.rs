@@ -1,13 +1,14 @@
 //! The Kafka producer behind `POST /orders`: one per process, acks=all, idempotent.
 
+use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use rdkafka::Timestamp;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, Timestamp};
 
 use super::ClientSettings;
 use crate::domain::Order;
@@ -15,7 +16,10 @@ use crate::publisher::{PublishError, Publisher, Receipt};
 
 /// Publishes orders to the orders topic, keyed by order id.
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    /// Replaced, never mutated: a producer whose idempotence state the broker lost can
+    /// never deliver again (see [`KafkaPublisher::renew`]).
+    producer: RwLock<FutureProducer>,
+    config: ClientConfig,
     topic: String,
     timeout: Duration,
 }
@@ -27,17 +31,43 @@ impl KafkaPublisher {
         topic: &str,
         timeout: Duration,
     ) -> Result<Self, KafkaError> {
-        let producer = settings.producer(timeout).create()?;
+        let config = settings.producer(timeout);
+        let producer = RwLock::new(config.create()?);
         Ok(Self {
             producer,
+            config,
             topic: topic.to_owned(),
             timeout,
         })
     }
 
+    /// The current producer (a cheap handle clone).
+    fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Starts over with a new producer. Needed when the broker lost our producer id (a
+    /// broker without persistent storage restarted, or a fatal idempotence error):
+    /// librdkafka would retry the old id until every order times out.
+    pub fn renew(&self, why: &str) {
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                *self
+                    .producer
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = fresh;
+                tracing::warn!(why, "producer renewed");
+            }
+            Err(error) => tracing::error!(%error, why, "could not renew the producer"),
+        }
+    }
+
     /// Waits up to `timeout` for every queued order to be acknowledged (shutdown).
     pub async fn flush(&self, timeout: Duration) {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
         match flushed {
             Ok(Ok(())) => tracing::info!("producer flushed"),
@@ -62,8 +92,8 @@ impl KafkaPublisher {
             record = record.timestamp(ms);
         }
         // send_result never waits for queue space: a full queue is an immediate 503.
-        let delivery = self
-            .producer
+        let producer = self.producer();
+        let delivery = producer
             .send_result(record)
             .map_err(|(e, _)| publish_error(&e))?;
         // librdkafka also gives up at message.timeout.ms, but checks that only about once a
@@ -79,7 +109,12 @@ impl KafkaPublisher {
                 offset: d.offset,
                 timestamp: stored_timestamp(d.timestamp, created),
             }),
-            Err((e, _)) => Err(publish_error(&e)),
+            Err((e, _)) => {
+                if let Some((code, reason)) = producer.client().fatal_error() {
+                    self.renew(&format!("fatal producer error {code:?}: {reason}"));
+                }
+                Err(publish_error(&e))
+            }
         }
     }
 }

@@ -1,0 +1,129 @@
+//! A small Server-Sent Events reader for tests.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use serde_json::Value;
+
+/// One event of the stream; comments are kept separately.
+#[derive(Debug, Clone, Default)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+    pub comments: Vec<String>,
+    pub retry: Option<u64>,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).expect("event data is JSON")
+    }
+}
+
+pub struct SseStream {
+    pub response_headers: reqwest::header::HeaderMap,
+    body: BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+}
+
+impl SseStream {
+    pub async fn open(http: &reqwest::Client, url: &str) -> Self {
+        let response = http
+            .get(url)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .expect("open stream");
+        assert_eq!(
+            response.status(),
+            200,
+            "stream answered {}",
+            response.status()
+        );
+        let response_headers = response.headers().clone();
+        let mut stream = Self {
+            response_headers,
+            body: response.bytes_stream().boxed(),
+            buffer: String::new(),
+        };
+        let opening = stream
+            .next_block(Duration::from_secs(5))
+            .await
+            .expect("opening comment");
+        assert_eq!(opening.comments, ["connected"]);
+        stream
+    }
+
+    /// The next block (event or comment-only), or `None` when the stream ended or
+    /// nothing arrived in `timeout`.
+    pub async fn next_block(&mut self, timeout: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                return Some(parse(&block));
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.body.next())
+                .await
+                .ok()??;
+            let chunk = chunk.ok()?;
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8 stream"));
+        }
+    }
+
+    /// The next real event (skipping keep-alive comments).
+    pub async fn next_event(&mut self, timeout: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let block = self.next_block(left).await?;
+            if !block.event.is_empty() || !block.data.is_empty() {
+                return Some(block);
+            }
+        }
+    }
+
+    /// The next `n` order events, failing the test if they do not arrive in `timeout`.
+    pub async fn orders(&mut self, n: usize, timeout: Duration) -> Vec<SseEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut events = Vec::with_capacity(n);
+        while events.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self
+                .next_event(left)
+                .await
+                .unwrap_or_else(|| panic!("only {} of {n} orders arrived", events.len()));
+            assert_eq!(event.event, "order", "unexpected event {event:?}");
+            events.push(event);
+        }
+        events
+    }
+}
+
+fn parse(block: &str) -> SseEvent {
+    let mut event = SseEvent::default();
+    for line in block.lines() {
+        if let Some(comment) = line.strip_prefix(':') {
+            event.comments.push(comment.trim().to_owned());
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => event.event = value.to_owned(),
+            "id" => event.id = Some(value.to_owned()),
+            "data" => {
+                if !event.data.is_empty() {
+                    event.data.push('\n');
+                }
+                event.data.push_str(value);
+            }
+            "retry" => event.retry = value.parse().ok(),
+            _ => {}
+        }
+    }
+    event
+}

@@ -1,0 +1,152 @@
+//! The `orders-gateway` binary as operators run it.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::broker::{self, die_with_parent, free_port};
+use crate::helpers::{SseStream, order};
+
+struct Gateway {
+    child: Child,
+    base: String,
+}
+
+impl Gateway {
+    /// Runs the binary with `env`; `KAFKA_BOOTSTRAP_SERVERS` only if given.
+    fn start(env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_orders-gateway"));
+        command
+            .env_clear()
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("ORDERS_TOPIC", crate::helpers::unique("orders"))
+            .env("TRACKER_GROUP_ID", crate::helpers::unique("tracker"))
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        die_with_parent(&mut command);
+        Self {
+            child: command.spawn().expect("start gateway"),
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn wait_ready(&self, http: &reqwest::Client, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let ready = http.get(format!("{}/readyz", self.base)).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "gateway not ready within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn terminate(&self) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        #[allow(unsafe_code)]
+        // SAFETY: sending a signal has no memory effects in this process.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "gateway did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_streams_and_exits_zero_within_ten_seconds() {
+    let mut gateway = Gateway::start(&[("KAFKA_BOOTSTRAP_SERVERS", broker::shared())]);
+    let http = reqwest::Client::new();
+    gateway.wait_ready(&http, Duration::from_secs(30)).await;
+    let mut stream = SseStream::open(&http, &format!("{}/orders/stream", gateway.base)).await;
+    let response = http
+        .post(format!("{}/orders", gateway.base))
+        .json(&order("lara"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+
+    let started = Instant::now();
+    gateway.terminate();
+    let status = tokio::task::spawn_blocking(move || gateway.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let mut saw_goodbye = false;
+    while let Some(block) = stream.next_block(Duration::from_secs(2)).await {
+        saw_goodbye |= block.comments.iter().any(|c| c.contains("shutting down"));
+    }
+    assert!(saw_goodbye, "the stream got the shutdown comment");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_cluster_the_gateway_runs_end_to_end_on_its_embedded_broker() {
+    let gateway = Gateway::start(&[]);
+    let http = reqwest::Client::new();
+    let took = gateway.wait_ready(&http, Duration::from_secs(20)).await;
+    eprintln!("embedded gateway ready in {took:?}");
+    let mut stream = SseStream::open(&http, &format!("{}/orders/stream", gateway.base)).await;
+
+    let response = http
+        .post(format!("{}/orders", gateway.base))
+        .json(&order("lara"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    let event = &stream.orders(1, Duration::from_secs(10)).await[0];
+    assert_eq!(event.json()["order_id"], accepted["order_id"]);
+}
+
+#[test]
+fn an_invalid_setting_stops_start_up_with_exit_code_2_naming_flag_and_env_var() {
+    for (var, value, flag) in [
+        ("PRODUCE_TIMEOUT", "soon", "--produce-timeout"),
+        ("ORDERS_TOPIC_PARTITIONS", "0", "--orders-topic-partitions"),
+        ("PRODUCE_TIMEOUT", "1ms", "--produce-timeout"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_orders-gateway"))
+            .env_clear()
+            .env(var, value)
+            .output()
+            .expect("run gateway");
+        assert_eq!(output.status.code(), Some(2), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(flag), "{var}={value}: {stderr}");
+        assert!(
+            stderr.contains(var) || stderr.contains(&format!("{flag} <")),
+            "{var}={value}: {stderr}"
+        );
+    }
+}

@@ -1,0 +1,336 @@
+//! The HTTP edge in process, with a fake publisher and a hub the test feeds: no broker.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use http_body_util::BodyExt;
+use orders_gateway::domain::{Order, TrackedOrder};
+use orders_gateway::http::{AppState, router};
+use orders_gateway::hub::Hub;
+use orders_gateway::publisher::{PublishError, Publisher, Receipt};
+use orders_gateway::readiness::Readiness;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// Answers with a fixed outcome and remembers what it was asked to publish.
+#[derive(Default)]
+struct FakePublisher {
+    fail_with: Option<PublishError>,
+    published: Mutex<Vec<Order>>,
+}
+
+impl Publisher for FakePublisher {
+    fn publish<'a>(&'a self, order: &'a Order) -> BoxFuture<'a, Result<Receipt, PublishError>> {
+        Box::pin(async move {
+            if let Some(e) = &self.fail_with {
+                return Err(e.clone());
+            }
+            let mut published = self.published.lock().unwrap();
+            published.push(order.clone());
+            Ok(Receipt {
+                topic: "orders".into(),
+                partition: 1,
+                offset: published.len() as i64 - 1,
+                timestamp: SystemTime::UNIX_EPOCH,
+            })
+        })
+    }
+}
+
+struct Harness {
+    state: AppState,
+    publisher: Arc<FakePublisher>,
+}
+
+fn harness(publisher: FakePublisher, buffer: usize) -> Harness {
+    let publisher = Arc::new(publisher);
+    let state = AppState {
+        publisher: publisher.clone(),
+        hub: Arc::new(Hub::new("orders", buffer, 100)),
+        readiness: Arc::new(Readiness::default()),
+        shutdown: CancellationToken::new(),
+        stream_keep_alive: Duration::from_secs(15),
+    };
+    Harness { state, publisher }
+}
+
+fn post(body: &str) -> Request<Body> {
+    Request::post("/orders")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+async fn send(
+    state: &AppState,
+    request: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let response = router(state.clone()).oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (parts.status, parts.headers, value)
+}
+
+fn tracked(offset: i64) -> TrackedOrder {
+    TrackedOrder {
+        order_id: format!("o{offset}"),
+        user: "lara".into(),
+        item: "frozen yogurt".into(),
+        quantity: 1,
+        created_at: None,
+        partition: 0,
+        offset,
+        timestamp: "2026-11-26T00:00:00.000Z".into(),
+        at: SystemTime::UNIX_EPOCH,
+    }
+}
+
+#[tokio::test]
+async fn a_valid_order_is_published_once_and_answered_with_its_receipt() {
+    let h = harness(FakePublisher::default(), 16);
+    let (status, headers, body) = send(
+        &h.state,
+        post(r#"{"user":"lara","item":"frozen yogurt","quantity":10}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(headers.contains_key("x-request-id"));
+    let published = h.publisher.published.lock().unwrap().clone();
+    assert_eq!(published.len(), 1);
+    assert_eq!(body["order_id"], published[0].order_id.to_string());
+    assert_eq!(
+        (
+            body["topic"].as_str(),
+            body["partition"].as_i64(),
+            body["offset"].as_i64()
+        ),
+        (Some("orders"), Some(1), Some(0))
+    );
+    assert_eq!(body["timestamp"], "1970-01-01T00:00:00.000Z");
+}
+
+#[tokio::test]
+async fn an_invalid_order_is_never_published() {
+    let h = harness(FakePublisher::default(), 16);
+    let (status, _, body) = send(&h.state, post(r#"{"user":"lara","quantity":0}"#)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["errors"].as_array().unwrap().len(), 2);
+    assert!(h.publisher.published.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn broker_failures_become_503_problems_with_retry_after() {
+    for (error, retry_after) in [
+        (PublishError::Timeout, "5"),
+        (PublishError::QueueFull, "1"),
+        (
+            PublishError::Unavailable("Local: All broker connections are down".into()),
+            "5",
+        ),
+    ] {
+        let h = harness(
+            FakePublisher {
+                fail_with: Some(error.clone()),
+                ..Default::default()
+            },
+            16,
+        );
+        let (status, headers, body) =
+            send(&h.state, post(r#"{"user":"a","item":"b","quantity":1}"#)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error:?}");
+        assert_eq!(headers[header::RETRY_AFTER], retry_after);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(body["type"], "/problems/broker-unavailable");
+        assert!(
+            !body["detail"].as_str().unwrap().contains("Local:"),
+            "no librdkafka text leaks"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_problems_too() {
+    let h = harness(FakePublisher::default(), 16);
+    let (status, headers, body) =
+        send(&h.state, Request::get("/nope").body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        (status, body["status"].as_u64()),
+        (StatusCode::NOT_FOUND, Some(404))
+    );
+    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+    let (status, headers, body) = send(
+        &h.state,
+        Request::delete("/orders").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"].as_u64()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some(405))
+    );
+    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+}
+
+#[tokio::test]
+async fn readiness_names_what_is_missing_and_recovers() {
+    let h = harness(FakePublisher::default(), 16);
+    let get = || Request::get("/readyz").body(Body::empty()).unwrap();
+    let (status, headers, body) = send(&h.state, get()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("broker is not reachable")
+    );
+    h.state.readiness.set_broker(true);
+    h.state.readiness.set_topic(true);
+    h.state.readiness.set_tracker(true);
+    assert_eq!(send(&h.state, get()).await.0, StatusCode::OK);
+    let (status, _, body) = send(
+        &h.state,
+        Request::get("/healthz").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+}
+
+#[tokio::test]
+async fn a_request_id_sent_by_the_client_is_echoed() {
+    let h = harness(FakePublisher::default(), 16);
+    let request = Request::get("/healthz")
+        .header("x-request-id", "abc-123")
+        .body(Body::empty())
+        .unwrap();
+    let (_, headers, _) = send(&h.state, request).await;
+    assert_eq!(headers["x-request-id"], "abc-123");
+}
+
+/// Reads SSE text from a body until `needle` appears (or the body ends).
+async fn read_until(
+    body: &mut (impl futures_util::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Unpin),
+    needle: &str,
+) -> String {
+    let mut text = String::new();
+    while !text.contains(needle) {
+        match tokio::time::timeout(Duration::from_secs(5), body.next()).await {
+            Ok(Some(chunk)) => text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap()),
+            _ => break,
+        }
+    }
+    text
+}
+
+#[tokio::test]
+async fn the_stream_sends_hub_orders_as_order_events_with_ids() {
+    let h = harness(FakePublisher::default(), 16);
+    let response = router(h.state.clone())
+        .oneshot(Request::get("/orders/stream").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    let mut body = response.into_body().into_data_stream();
+    assert!(
+        read_until(&mut body, ": connected")
+            .await
+            .contains("retry: 2000")
+    );
+    h.state.hub.publish(tracked(0));
+    let text = read_until(&mut body, "\n\n").await;
+    let id = h.state.hub.position().encode("orders");
+    assert!(text.contains("event: order"), "{text}");
+    assert!(text.contains(&format!("id: {id}")), "{text}");
+    assert!(text.contains(r#""order_id":"o0""#), "{text}");
+}
+
+/// A client whose connection is not read falls behind; it is told how much it missed and
+/// closed, while the hub and other clients are never held up.
+#[tokio::test]
+async fn a_client_that_falls_too_far_behind_gets_an_overflow_event_and_is_closed() {
+    let h = harness(FakePublisher::default(), 4);
+    let response = router(h.state.clone())
+        .oneshot(Request::get("/orders/stream").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let mut body = response.into_body().into_data_stream();
+    read_until(&mut body, ": connected").await;
+    let mut fast = h.state.hub.subscribe();
+    for offset in 0..20 {
+        assert!(h.state.hub.publish(tracked(offset)), "the hub never blocks");
+        assert!(matches!(
+            fast.next().await,
+            orders_gateway::hub::Next::Event(_)
+        ));
+    }
+    let text = read_until(&mut body, "event: overflow").await;
+    assert!(text.contains("event: overflow"), "{text}");
+    let data = text
+        .split("event: overflow\ndata: ")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap();
+    let overflow: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(overflow["missed"], 16);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), body.next())
+            .await
+            .unwrap()
+            .is_none(),
+        "closed"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_ends_the_stream_with_a_reconnect_hint() {
+    let h = harness(FakePublisher::default(), 16);
+    let response = router(h.state.clone())
+        .oneshot(Request::get("/orders/stream").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let mut body = response.into_body().into_data_stream();
+    read_until(&mut body, ": connected").await;
+    h.state.shutdown.cancel();
+    let text = read_until(&mut body, "retry:").await;
+    assert!(text.contains(": gateway shutting down"), "{text}");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), body.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_64_kib_is_413_even_without_content_length() {
+    let h = harness(FakePublisher::default(), 16);
+    let chunks =
+        futures_util::stream::iter((0..17).map(|_| Ok::<_, std::io::Error>(vec![b' '; 4096])));
+    let request = Request::post("/orders")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(chunks))
+        .unwrap();
+    let (status, _, body) = send(&h.state, request).await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Some("/problems/payload-too-large")
+        )
+    );
+}
