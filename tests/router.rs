@@ -334,3 +334,39 @@ async fn a_body_over_64_kib_is_413_even_without_content_length() {
         )
     );
 }
+
+#[tokio::test]
+async fn the_served_openapi_document_is_the_generated_one() {
+    let h = harness(FakePublisher::default(), 16);
+    let response = router(h.state.clone())
+        .oneshot(Request::get("/openapi.json").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(bytes, orders_gateway::http::docs::openapi_json().as_bytes());
+}
+
+#[tokio::test]
+async fn the_docs_page_is_served_from_the_binary() {
+    let h = harness(FakePublisher::default(), 16);
+    let response = router(h.state.clone())
+        .oneshot(Request::get("/docs/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let html = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        html.contains("swagger-ui-bundle.js") && !html.contains("http"),
+        "no CDN asset: {html}"
+    );
+}

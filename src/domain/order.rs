@@ -15,21 +15,36 @@ pub const QUANTITY_MAX: u64 = 1000;
 
 /// A new order as a client sends it (the shape the original `producer.py` sent).
 ///
+/// The `pattern` of `user` and `item` says in ECMA-262/Python regex syntax what the gateway
+/// checks: no control characters, at least one character that is not whitespace.
+///
 /// Unknown fields are rejected with 422 rather than dropped, so a typo such as
 /// `"quantiy"` cannot silently place a different order than the one meant.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"user": "lara", "item": "frozen yogurt", "quantity": 10}))]
 pub struct NewOrder {
-    /// Client-chosen id (a UUID). Absent: the gateway assigns a random UUID v4.
-    /// Choosing it yourself makes a retry after a timeout recognisable downstream.
-    #[schema(format = Uuid, example = "6f1c1e1e-0c1a-4a8e-9d4e-6f0b5d8f3c2a")]
+    /// Client-chosen id: a UUID in its hyphenated form. Absent or null: the gateway assigns
+    /// a random UUID v4. Choosing it yourself makes a retry after a timeout recognisable
+    /// downstream.
+    #[schema(format = Uuid, example = "6f1c1e1e-0c1a-4a8e-9d4e-6f0b5d8f3c2a",
+             pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub order_id: Option<String>,
-    /// Who places the order: 1 to 64 characters, not only whitespace.
-    #[schema(min_length = 1, max_length = 64, example = "lara")]
+    /// Who places the order: 1 to 64 characters, not only whitespace, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$",
+        example = "lara"
+    )]
     pub user: String,
-    /// What is ordered: 1 to 128 characters, not only whitespace.
-    #[schema(min_length = 1, max_length = 128, example = "frozen yogurt")]
+    /// What is ordered: 1 to 128 characters, not only whitespace, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$",
+        example = "frozen yogurt"
+    )]
     pub item: String,
     /// How many: a JSON integer from 1 to 1000 (`10.0` is not accepted).
     #[schema(minimum = 1, maximum = 1000, example = 10)]
@@ -112,10 +127,15 @@ impl Order {
 fn take_order_id(fields: &mut Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<Uuid> {
     match fields.remove("order_id") {
         None | Some(Value::Null) => Some(Uuid::new_v4()),
+        // Only the hyphenated form, as the schema says; `Uuid` alone would also take
+        // braces, `urn:uuid:` and bare hex.
         Some(Value::String(s)) => match Uuid::try_parse(&s) {
-            Ok(id) => Some(id),
-            Err(_) => {
-                errors.push(FieldError::new("order_id", "must be a UUID"));
+            Ok(id) if s.len() == 36 => Some(id),
+            _ => {
+                errors.push(FieldError::new(
+                    "order_id",
+                    "must be a UUID like 6f1c1e1e-0c1a-4a8e-9d4e-6f0b5d8f3c2a",
+                ));
                 None
             }
         },
@@ -253,6 +273,19 @@ mod tests {
         );
         assert_eq!(order.order_id.get_version_num(), 4);
         assert_eq!(order.created_at, "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn only_hyphenated_uuids_are_order_ids() {
+        for id in [
+            "{6f1c1e1e-0c1a-4a8e-9d4e-6f0b5d8f3c2a}",
+            "6f1c1e1e0c1a4a8e9d4e6f0b5d8f3c2a",
+            "urn:uuid:6f1c1e1e-0c1a-4a8e-9d4e-6f0b5d8f3c2a",
+        ] {
+            let errors = parse(json!({"order_id": id, "user": "a", "item": "b", "quantity": 1}))
+                .unwrap_err();
+            assert_eq!(fields(&errors), ["order_id"], "{id}");
+        }
     }
 
     #[test]

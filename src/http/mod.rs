@@ -1,5 +1,6 @@
 //! The HTTP edge: state, router and layers. Handlers know our types only, never Kafka's.
 
+pub mod docs;
 pub mod error;
 pub mod json;
 pub mod ops;
@@ -38,6 +39,7 @@ pub struct AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "orders-gateway", description = "An HTTP front for an Apache Kafka orders topic."),
+    components(schemas(stream::Overflow)),
     tags(
         (name = "orders", description = "Place orders and watch them being tracked"),
         (name = "operations", description = "Health and readiness"),
@@ -52,6 +54,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(stream::stream_orders))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
+        .routes(routes!(docs::openapi_document))
 }
 
 /// The OpenAPI document of the API.
@@ -63,6 +66,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
     router
+        .merge(docs::swagger_ui())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(json::BODY_LIMIT))

@@ -11,17 +11,29 @@ use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use futures_util::stream;
-use serde_json::json;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
+use crate::domain::TrackedOrder;
 use crate::hub::{Next, StreamEvent, Subscription};
 
 /// How long a client waits before reconnecting after the stream ends.
 const RETRY: Duration = Duration::from_secs(2);
 /// Largest `limit` a client may ask for.
 const LIMIT_MAX: u32 = 10_000;
+
+/// The `data` of an `overflow` event: the client fell too far behind and is disconnected.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Overflow {
+    /// Orders that were dropped from this client's buffer.
+    pub missed: u64,
+    /// The id of the last `order` event this client was sent, if any.
+    pub last_event_id: Option<String>,
+    /// What happened, in words.
+    pub detail: &'static str,
+}
 
 /// Query parameters of `GET /orders/stream`.
 #[derive(Debug, Default, PartialEq, Eq, utoipa::IntoParams)]
@@ -83,15 +95,28 @@ fn parse_limit(value: &str) -> Result<u32, ApiError> {
 
 /// Watch orders as they are tracked.
 ///
-/// `text/event-stream`. It opens with a `: connected` comment and a `retry: 2000` hint.
-/// Each order is an `order` event whose `id` is the opaque stream position after it and
-/// whose `data` is the order JSON with `partition`, `offset` and `timestamp`. A
-/// `: keep-alive` comment is sent every 15 s of silence. A client too slow to keep up gets
-/// an `overflow` event (`{"missed": n, "last_event_id": ..., "detail": ...}`) and the
-/// stream closes. On shutdown the stream ends with a comment and a `retry` hint.
+/// A `text/event-stream` of Server-Sent Events:
+///
+/// - it opens with a `: connected` comment and a `retry: 2000` reconnect hint;
+/// - `event: order`: one tracked order. `id` is the opaque stream position after it;
+///   `data` is the order JSON (the `TrackedOrder` schema: the order plus `partition`,
+///   `offset` and the record `timestamp`). Orders of one partition arrive in offset order;
+/// - `: keep-alive` comment after 15 s without an order;
+/// - `event: overflow`: this client fell more than STREAM_BUFFER orders behind; `data` is
+///   the `Overflow` schema; then the stream closes;
+/// - `: gateway shutting down; reconnect with Last-Event-ID` and a `retry` hint when the
+///   gateway stops; then the stream closes.
+///
+/// New clients start at the live tail unless `since` is given.
 #[utoipa::path(get, path = "/orders/stream", tag = "orders", params(StreamQuery),
     responses(
-        (status = 200, description = "A stream of `order` events", content_type = "text/event-stream", body = String),
+        (status = 200,
+            description = "Server-Sent Events; the schema is that of an `order` event's `data`",
+            content_type = "text/event-stream", body = TrackedOrder,
+            headers(
+                ("Cache-Control" = String, description = "`no-cache`"),
+                ("X-Accel-Buffering" = String, description = "`no`: proxies must not buffer the stream"),
+            )),
         (status = 400, description = "A query parameter is invalid", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn stream_orders(
@@ -206,12 +231,14 @@ impl Feed {
             Next::Lagged { missed } => {
                 metrics::counter!("orders_gateway_stream_overflows_total").increment(1);
                 self.phase = Phase::Done;
-                let data = json!({
-                    "missed": missed,
-                    "last_event_id": self.last_id,
-                    "detail": "this client fell too far behind the live feed and was disconnected",
-                });
-                let overflow = Event::default().event("overflow").data(data.to_string());
+                let data = Overflow {
+                    missed,
+                    last_event_id: self.last_id.clone(),
+                    detail: "this client fell too far behind the live feed and was disconnected",
+                };
+                // A struct of strings and integers always serialises.
+                let data = serde_json::to_string(&data).unwrap_or_default();
+                let overflow = Event::default().event("overflow").data(data);
                 Some(Some(overflow.retry(RETRY)))
             }
             Next::Closed => None,
