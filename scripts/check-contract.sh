@@ -163,7 +163,8 @@ EOF
 if [[ "$newman_status" == 0 ]]; then
     record newman PASS "$nm_line"
 else
-    sed -n '/# *failure/,$p' "$RESULTS/newman.log" >&2
+    # The failure table (newman colours it even with --color off).
+    sed 's/\x1b\[[0-9;]*m//g' "$RESULTS/newman.log" | sed -n '/^ *# *failure/,$p' | grep -v '^ *$' >&2 || true
     record newman FAIL "$nm_line (exit $newman_status)"
 fi
 
@@ -201,8 +202,11 @@ EOF
     if [[ "$st_status" == 0 && "$cases" -ge "$MIN_CASES" ]]; then
         record schemathesis PASS "$cases generated cases, no failures (seed $SEED)"
     else
-        sed -n '/FAILURES/,$p' "$RESULTS/schemathesis.log" >&2
-        [[ "$st_status" == 0 ]] || tail -n 40 "$RESULTS/schemathesis.log" >&2
+        if grep -q '= FAILURES =' "$RESULTS/schemathesis.log"; then
+            sed -n '/= FAILURES =/,$p' "$RESULTS/schemathesis.log" >&2
+        else
+            tail -n 40 "$RESULTS/schemathesis.log" >&2
+        fi
         note="$cases generated cases"
         [[ "$cases" -ge "$MIN_CASES" ]] || note="$note (fewer than the $MIN_CASES required)"
         record schemathesis FAIL "$note, exit $st_status (seed $SEED; see test-results/schemathesis.log)"
