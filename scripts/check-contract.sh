@@ -176,7 +176,9 @@ if [[ "$spec_status" != 200 ]]; then
     record schemathesis FAIL "no /openapi.json to test against"
 else
     rm -f "$RESULTS/schemathesis.ndjson"
-    "$VENV/bin/schemathesis" run "$BASE_URL/openapi.json" \
+    # Run inside test-results/ (git-ignored): schemathesis keeps its crash cache for
+    # `st replay ID` in ./.schemathesis/ of the working directory.
+    (cd "$RESULTS" && "$VENV/bin/schemathesis" run "$BASE_URL/openapi.json" \
         --url "$BASE_URL" \
         --exclude-path /orders/stream \
         --checks all \
@@ -191,7 +193,7 @@ else
         --report junit,ndjson \
         --report-junit-path "$RESULTS/schemathesis.xml" \
         --report-ndjson-path "$RESULTS/schemathesis.ndjson" \
-        >"$RESULTS/schemathesis.log" 2>&1 || st_status=$?
+        >"$RESULTS/schemathesis.log" 2>&1) || st_status=$?
     cases="$(python3 - "$RESULTS/schemathesis.log" <<'EOF'
 import re, sys
 text = open(sys.argv[1], encoding="utf-8", errors="replace").read()
@@ -209,7 +211,7 @@ EOF
         fi
         note="$cases generated cases"
         [[ "$cases" -ge "$MIN_CASES" ]] || note="$note (fewer than the $MIN_CASES required)"
-        record schemathesis FAIL "$note, exit $st_status (seed $SEED; see test-results/schemathesis.log)"
+        record schemathesis FAIL "$note, exit $st_status (seed $SEED; see test-results/schemathesis.log; replay from test-results/)"
     fi
 fi
 
