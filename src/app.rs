@@ -18,6 +18,7 @@ use crate::kafka::admin::{TopicSpec, TopicSupervisor};
 use crate::kafka::embedded::EmbeddedBroker;
 use crate::kafka::producer::KafkaPublisher;
 use crate::kafka::tracker::Tracker;
+use crate::kafka::views::KafkaViews;
 use crate::readiness::Readiness;
 
 /// How long tasks may take to stop after shutdown begins. In-flight POSTs need up to
@@ -80,6 +81,8 @@ pub async fn run(
     )
     .map_err(|e| AppError::Start("tracker", e.to_string()))?;
 
+    // Installed before any traffic so no count is lost.
+    crate::telemetry::metrics();
     let cancel = CancellationToken::new();
     let state = AppState {
         publisher: publisher.clone(),
@@ -87,6 +90,11 @@ pub async fn run(
         readiness: readiness.clone(),
         shutdown: cancel.clone(),
         stream_keep_alive: config.stream_keep_alive,
+        views: Arc::new(
+            KafkaViews::new(&settings, &topic, &config.tracker_group_id)
+                .map_err(|e| AppError::Start("views client", e.to_string()))?,
+        ),
+        admin_token: config.admin_token.clone(),
     };
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
     let addr = listener
@@ -145,6 +153,8 @@ fn start_embedded(config: &Config) -> Result<EmbeddedBroker, AppError> {
 }
 
 async fn serve(listener: TcpListener, app: axum::Router, cancel: CancellationToken) -> TaskResult {
+    // Peer addresses let the admin views tell local clients from remote ones.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await;

@@ -54,6 +54,11 @@ pub struct Config {
     #[arg(long, env = "STREAM_KEEP_ALIVE", default_value = "15s", value_parser = duration)]
     pub stream_keep_alive: Duration,
 
+    /// Bearer token for the read-only /admin/topic and /admin/group views. Unset: the views
+    /// answer only clients on this host (loopback).
+    #[arg(long, env = "ADMIN_TOKEN", value_parser = non_blank, hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// Extra librdkafka settings for every Kafka client, as KEY=VALUE (repeatable, or
     /// comma-separated in the env var). `KAFKA_<PROPERTY>` env vars work too:
     /// KAFKA_SECURITY_PROTOCOL=ssl sets security.protocol.

@@ -13,7 +13,8 @@
 //! - [`hub`]: fan-out of tracked orders to stream clients; no Kafka types.
 //! - [`kafka`]: producer, tracker, topic supervisor, embedded broker.
 //! - [`readiness`]: what `/readyz` reports.
-//! - [`telemetry`]: logs and request spans.
+//! - [`telemetry`]: logs, request spans, Prometheus metrics.
+//! - [`views`]: read-only topic and group views (types and the port to Kafka).
 //! - [`app`]: process lifetime: start, run, shut down in order.
 
 pub mod app;
@@ -25,6 +26,7 @@ pub mod kafka;
 pub mod publisher;
 pub mod readiness;
 pub mod telemetry;
+pub mod views;
 
 pub use app::{AppError, run};
 pub use config::Config;

@@ -33,6 +33,11 @@ pub enum PublishError {
 
 /// Publishes valid orders and answers only once they are durably stored.
 pub trait Publisher: Send + Sync + 'static {
-    /// Resolves to a receipt only after the store acknowledged the order.
-    fn publish<'a>(&'a self, order: &'a Order) -> BoxFuture<'a, Result<Receipt, PublishError>>;
+    /// Resolves to a receipt only after the store acknowledged the order. `traceparent` is
+    /// the caller's W3C trace context, carried along with the order.
+    fn publish<'a>(
+        &'a self,
+        order: &'a Order,
+        traceparent: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Receipt, PublishError>>;
 }

@@ -1,6 +1,14 @@
-//! Observability: log set-up and the per-request span with its request id.
+//! Observability: logs, the per-request span with its request id, and Prometheus metrics.
 
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::MatchedPath;
 use axum::http::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
 use tower_http::trace::{DefaultOnResponse, MakeSpan, TraceLayer};
 use tracing::Level;
@@ -59,4 +67,119 @@ pub fn trace_layer() -> HttpTrace {
         .on_body_chunk(())
         .on_eos(())
         .on_failure(())
+}
+
+/// Latency buckets (seconds) for every `_seconds` histogram: sub-millisecond to PRODUCE_TIMEOUT.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process-wide Prometheus recorder, installed on first use. Every gateway in the
+/// process (tests run several) shares it, as they share the `metrics` facade.
+pub fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .map(PrometheusBuilder::build_recorder);
+        match recorder {
+            Ok(recorder) => {
+                let handle = recorder.handle();
+                if metrics::set_global_recorder(recorder).is_err() {
+                    tracing::warn!(
+                        "a metrics recorder was already installed; /metrics stays empty"
+                    );
+                }
+                describe_metrics();
+                handle
+            }
+            // Only an empty bucket list fails, and ours is not empty.
+            Err(error) => {
+                tracing::error!(%error, "metrics disabled");
+                PrometheusBuilder::new().build_recorder().handle()
+            }
+        }
+    })
+}
+
+/// Counts every request by route template (never the raw path: bounded label values),
+/// method and status, and times it.
+pub async fn track_http(
+    matched: Option<MatchedPath>,
+    request: Request<Body>,
+    next: Next,
+) -> Response {
+    let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!("orders_gateway_http_request_duration_seconds",
+        "route" => route.clone(), "method" => method.clone())
+    .record(started.elapsed().as_secs_f64());
+    metrics::counter!("orders_gateway_http_requests_total",
+        "route" => route, "method" => method, "status" => status)
+    .increment(1);
+    response
+}
+
+/// Help texts, and a zero for every unlabelled counter so dashboards see it before the
+/// first event.
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "orders_gateway_http_requests_total",
+        "HTTP requests by route, method and status"
+    );
+    describe_histogram!(
+        "orders_gateway_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time to the response head (for streams: until the stream opened)"
+    );
+    describe_counter!(
+        "orders_gateway_produce_total",
+        "Produce results by outcome: acked, timeout, queue_full, unavailable"
+    );
+    describe_histogram!(
+        "orders_gateway_produce_duration_seconds",
+        Unit::Seconds,
+        "Time from produce to broker acknowledgement"
+    );
+    describe_gauge!(
+        "orders_gateway_open_streams",
+        "Open GET /orders/stream connections"
+    );
+    describe_counter!(
+        "orders_gateway_stream_events_total",
+        "Order events sent to stream clients"
+    );
+    describe_counter!(
+        "orders_gateway_stream_overflows_total",
+        "Stream clients disconnected for falling too far behind"
+    );
+    describe_counter!(
+        "orders_gateway_tracker_records_total",
+        "Orders the tracker read from the topic"
+    );
+    describe_counter!(
+        "orders_gateway_tracker_poison_records_total",
+        "Records on the topic that are not orders, skipped"
+    );
+    describe_counter!(
+        "orders_gateway_tracker_rebalances_total",
+        "Tracker group rebalances by kind: assign, revoke, error"
+    );
+    describe_gauge!(
+        "orders_gateway_tracker_lag",
+        "Per partition: high watermark minus the group's committed offset"
+    );
+    for name in [
+        "orders_gateway_stream_events_total",
+        "orders_gateway_stream_overflows_total",
+        "orders_gateway_tracker_records_total",
+        "orders_gateway_tracker_poison_records_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::gauge!("orders_gateway_open_streams").increment(0.0);
 }

@@ -15,6 +15,7 @@ use orders_gateway::http::{AppState, router};
 use orders_gateway::hub::Hub;
 use orders_gateway::publisher::{PublishError, Publisher, Receipt};
 use orders_gateway::readiness::Readiness;
+use orders_gateway::views::{ClusterViews, GroupView, PartitionView, TopicView, ViewError};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -27,7 +28,11 @@ struct FakePublisher {
 }
 
 impl Publisher for FakePublisher {
-    fn publish<'a>(&'a self, order: &'a Order) -> BoxFuture<'a, Result<Receipt, PublishError>> {
+    fn publish<'a>(
+        &'a self,
+        order: &'a Order,
+        _traceparent: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Receipt, PublishError>> {
         Box::pin(async move {
             if let Some(e) = &self.fail_with {
                 return Err(e.clone());
@@ -44,6 +49,31 @@ impl Publisher for FakePublisher {
     }
 }
 
+/// A cluster of one partition.
+struct FakeViews;
+
+impl ClusterViews for FakeViews {
+    fn topic(&self) -> BoxFuture<'_, Result<TopicView, ViewError>> {
+        Box::pin(async {
+            Ok(TopicView {
+                topic: "orders".into(),
+                partitions: vec![PartitionView {
+                    partition: 0,
+                    leader: 1,
+                    replicas: vec![1],
+                    isr: vec![1],
+                    low_watermark: 0,
+                    high_watermark: 7,
+                }],
+            })
+        })
+    }
+
+    fn group(&self) -> BoxFuture<'_, Result<GroupView, ViewError>> {
+        Box::pin(async { Err(ViewError("broker down".into())) })
+    }
+}
+
 struct Harness {
     state: AppState,
     publisher: Arc<FakePublisher>,
@@ -57,6 +87,8 @@ fn harness(publisher: FakePublisher, buffer: usize) -> Harness {
         readiness: Arc::new(Readiness::default()),
         shutdown: CancellationToken::new(),
         stream_keep_alive: Duration::from_secs(15),
+        views: Arc::new(FakeViews),
+        admin_token: Some("s3cret".into()),
     };
     Harness { state, publisher }
 }
@@ -369,4 +401,53 @@ async fn the_docs_page_is_served_from_the_binary() {
         html.contains("swagger-ui-bundle.js") && !html.contains("http"),
         "no CDN asset: {html}"
     );
+}
+
+#[tokio::test]
+async fn admin_views_need_the_bearer_token_when_one_is_set() {
+    let h = harness(FakePublisher::default(), 16);
+    let get = |auth: Option<&str>| {
+        let mut request = Request::get("/admin/topic");
+        if let Some(auth) = auth {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("s3cret"),
+        Some("Basic czNjcmV0"),
+    ] {
+        let (status, headers, body) = send(&h.state, get(auth)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+        assert_eq!(body["type"], "/problems/unauthorized");
+    }
+    let (status, _, body) = send(&h.state, get(Some("Bearer s3cret"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["partitions"][0]["high_watermark"], 7);
+
+    let group = Request::get("/admin/group").header(header::AUTHORIZATION, "Bearer s3cret");
+    let (status, headers, _) = send(&h.state, group.body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key(header::RETRY_AFTER));
+}
+
+#[tokio::test]
+async fn without_a_token_admin_views_are_local_only() {
+    let mut h = harness(FakePublisher::default(), 16);
+    h.state.admin_token = None;
+    let from = |ip: [u8; 4]| {
+        let mut request = Request::get("/admin/topic").body(Body::empty()).unwrap();
+        let addr = std::net::SocketAddr::from((ip, 40000));
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
+        request
+    };
+    assert_eq!(send(&h.state, from([127, 0, 0, 1])).await.0, StatusCode::OK);
+    let (status, _, body) = send(&h.state, from([192, 0, 2, 7])).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body["detail"].as_str().unwrap().contains("ADMIN_TOKEN"));
 }

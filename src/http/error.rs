@@ -20,6 +20,12 @@ pub enum ApiError {
     /// 400: a query parameter or header has a value the endpoint cannot use.
     #[error("{0}")]
     BadRequest(String),
+    /// 401: a protected route without a valid bearer token.
+    #[error("this view needs `Authorization: Bearer <ADMIN_TOKEN>`")]
+    Unauthorized,
+    /// 403: a protected route the client may not read from where it is.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such route.
     #[error("there is no resource at {0}")]
     NotFound(String),
@@ -38,6 +44,9 @@ pub enum ApiError {
     /// 503: the broker did not acknowledge the order; the client should retry.
     #[error(transparent)]
     Publish(PublishError),
+    /// 503: a topic or group view could not be read from the broker.
+    #[error("the Kafka broker did not answer: {0}")]
+    ViewUnavailable(String),
     /// 503: readiness checks fail.
     #[error("not ready: {}", .0.join("; "))]
     NotReady(Vec<&'static str>),
@@ -84,6 +93,12 @@ impl ApiError {
                 "/problems/bad-request",
                 "Bad request",
             ),
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "/problems/unauthorized",
+                "Unauthorized",
+            ),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "/problems/forbidden", "Forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "/problems/not-found", "Not found"),
             Self::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -115,6 +130,11 @@ impl ApiError {
                 "/problems/not-ready",
                 "Not ready",
             ),
+            Self::ViewUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/broker-unavailable",
+                "View unavailable",
+            ),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "/problems/internal",
@@ -142,7 +162,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<u32> {
         match self {
             Self::Publish(PublishError::QueueFull) => Some(1),
-            Self::Publish(_) | Self::NotReady(_) => Some(5),
+            Self::Publish(_) | Self::NotReady(_) | Self::ViewUnavailable(_) => Some(5),
             _ => None,
         }
     }
@@ -188,6 +208,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(seconds) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if matches!(self, Self::Unauthorized) {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -1,5 +1,6 @@
 //! The HTTP edge: state, router and layers. Handlers know our types only, never Kafka's.
 
+pub mod admin;
 pub mod docs;
 pub mod error;
 pub mod json;
@@ -23,6 +24,7 @@ use crate::hub::Hub;
 use crate::publisher::Publisher;
 use crate::readiness::Readiness;
 use crate::telemetry;
+use crate::views::ClusterViews;
 use error::ApiError;
 
 /// What every handler may use; cheap to clone.
@@ -34,18 +36,38 @@ pub struct AppState {
     /// Cancelled when the gateway shuts down; open streams end on it.
     pub shutdown: CancellationToken,
     pub stream_keep_alive: Duration,
+    pub views: Arc<dyn ClusterViews>,
+    /// `ADMIN_TOKEN`; never logged.
+    pub admin_token: Option<String>,
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "orders-gateway", description = "An HTTP front for an Apache Kafka orders topic."),
     components(schemas(stream::Overflow)),
+    modifiers(&AdminTokenScheme),
     tags(
         (name = "orders", description = "Place orders and watch them being tracked"),
         (name = "operations", description = "Health and readiness"),
     )
 )]
 struct ApiDoc;
+
+/// Declares the `admin_token` bearer scheme the admin views accept.
+struct AdminTokenScheme;
+
+impl utoipa::Modify for AdminTokenScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some("The ADMIN_TOKEN the gateway was started with"))
+            .build();
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme("admin_token", SecurityScheme::Http(scheme));
+        }
+    }
+}
 
 /// Every documented route; the router and the OpenAPI document both come from this list.
 fn routes() -> OpenApiRouter<AppState> {
@@ -54,6 +76,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(stream::stream_orders))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(admin::topic))
+        .routes(routes!(admin::group))
         .routes(routes!(docs::openapi_document))
 }
 
@@ -71,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(json::BODY_LIMIT))
         // Outermost last: take or make an x-request-id, trace inside its span, echo it back.
+        .layer(axum::middleware::from_fn(telemetry::track_http))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(telemetry::trace_layer())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

@@ -1,4 +1,4 @@
-//! Operational endpoints: liveness and readiness.
+//! Operational endpoints: liveness, readiness and metrics.
 
 use axum::Json;
 use axum::extract::State;
@@ -38,4 +38,20 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiEr
     } else {
         Err(ApiError::NotReady(checks.missing()))
     }
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4",
+        content_type = "text/plain; version=0.0.4", body = String)))]
+pub async fn metrics() -> impl axum::response::IntoResponse {
+    let handle = crate::telemetry::metrics();
+    handle.run_upkeep();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
 }

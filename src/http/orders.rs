@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -52,11 +52,16 @@ pub struct OrderAccepted {
 )]
 pub async fn place_order(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<OrderAccepted>), ApiError> {
     let order = Order::parse(body, SystemTime::now()).map_err(ApiError::Validation)?;
     tracing::Span::current().record("order_id", tracing::field::display(order.order_id));
-    let receipt = state.publisher.publish(&order).await?;
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_traceparent(v));
+    let receipt = state.publisher.publish(&order, traceparent).await?;
     let accepted = OrderAccepted {
         order,
         topic: receipt.topic,
@@ -65,4 +70,42 @@ pub async fn place_order(
         timestamp: rfc3339(receipt.timestamp),
     };
     Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// A W3C `traceparent` (version 00): `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`,
+/// ids not all zero. Anything else is ignored, as the Trace Context spec asks.
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    matches!(parts.as_slice(), [version, trace, parent, flags]
+        if *version == "00" && hex(trace, 32) && hex(parent, 16) && hex(flags, 2)
+            && nonzero(trace) && nonzero(parent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_traceparent;
+
+    #[test]
+    fn only_valid_w3c_traceparents_are_carried() {
+        assert!(is_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        ] {
+            assert!(!is_traceparent(bad), "{bad}");
+        }
+    }
 }

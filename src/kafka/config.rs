@@ -81,6 +81,15 @@ impl ClientSettings {
         self.finish(c)
     }
 
+    /// The client behind the topic and group views: it carries the group id only to read
+    /// the group's committed offsets.
+    pub(crate) fn viewer(&self, group_id: &str) -> ClientConfig {
+        let mut c = self.base("orders-gateway-viewer");
+        c.set("group.id", group_id)
+            .set("enable.auto.commit", "false");
+        self.finish(c)
+    }
+
     /// The admin client that checks and creates the topic.
     pub(crate) fn admin(&self) -> ClientConfig {
         let c = self.base("orders-gateway-admin");

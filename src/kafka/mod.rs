@@ -7,5 +7,6 @@ mod config;
 pub mod embedded;
 pub mod producer;
 pub mod tracker;
+pub mod views;
 
 pub use config::ClientSettings;

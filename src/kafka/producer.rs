@@ -76,13 +76,24 @@ impl KafkaPublisher {
         }
     }
 
-    async fn send(&self, order: &Order) -> Result<Receipt, PublishError> {
+    async fn send(
+        &self,
+        order: &Order,
+        traceparent: Option<&str>,
+    ) -> Result<Receipt, PublishError> {
         let key = order.order_id.to_string();
         let payload = order.to_json();
-        let headers = OwnedHeaders::new().insert(Header {
+        let mut headers = OwnedHeaders::new().insert(Header {
             key: "content-type",
             value: Some("application/json"),
         });
+        if let Some(traceparent) = traceparent {
+            // W3C Trace Context for Kafka: consumers continue the caller's trace.
+            headers = headers.insert(Header {
+                key: "traceparent",
+                value: Some(traceparent),
+            });
+        }
         let created = created_millis(order);
         let mut record = FutureRecord::to(&self.topic)
             .key(&key)
@@ -120,8 +131,26 @@ impl KafkaPublisher {
 }
 
 impl Publisher for KafkaPublisher {
-    fn publish<'a>(&'a self, order: &'a Order) -> BoxFuture<'a, Result<Receipt, PublishError>> {
-        self.send(order).boxed()
+    fn publish<'a>(
+        &'a self,
+        order: &'a Order,
+        traceparent: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Receipt, PublishError>> {
+        async move {
+            let started = std::time::Instant::now();
+            let result = self.send(order, traceparent).await;
+            let outcome = match &result {
+                Ok(_) => "acked",
+                Err(PublishError::QueueFull) => "queue_full",
+                Err(PublishError::Timeout) => "timeout",
+                Err(PublishError::Unavailable(_)) => "unavailable",
+            };
+            metrics::histogram!("orders_gateway_produce_duration_seconds", "outcome" => outcome)
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("orders_gateway_produce_total", "outcome" => outcome).increment(1);
+            result
+        }
+        .boxed()
     }
 }
 

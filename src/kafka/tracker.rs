@@ -35,14 +35,22 @@ impl ConsumerContext for TrackerContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                metrics::counter!("orders_gateway_tracker_rebalances_total", "kind" => "assign")
+                    .increment(1);
                 tracing::info!(partitions = %partitions(tpl), "tracker: partitions assigned");
                 self.readiness.set_tracker(tpl.count() > 0);
             }
             Rebalance::Revoke(tpl) => {
+                metrics::counter!("orders_gateway_tracker_rebalances_total", "kind" => "revoke")
+                    .increment(1);
                 tracing::info!(partitions = %partitions(tpl), "tracker: partitions revoked");
                 self.readiness.set_tracker(false);
             }
-            Rebalance::Error(error) => tracing::warn!(%error, "tracker: rebalance failed"),
+            Rebalance::Error(error) => {
+                metrics::counter!("orders_gateway_tracker_rebalances_total", "kind" => "error")
+                    .increment(1);
+                tracing::warn!(%error, "tracker: rebalance failed");
+            }
         }
     }
 
@@ -70,9 +78,15 @@ fn partitions(tpl: &TopicPartitionList) -> String {
 
 /// The tracker's consumer, created before it runs so configuration errors stop start-up.
 pub struct Tracker {
-    consumer: StreamConsumer<TrackerContext>,
+    /// Shared with the blocking lag probe.
+    consumer: Arc<StreamConsumer<TrackerContext>>,
     topic: String,
 }
+
+/// How often consumer lag is measured for /metrics.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest a lag probe may block on the broker.
+const LAG_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Tracker {
     pub fn new(
@@ -85,7 +99,7 @@ impl Tracker {
             .tracker(group_id)
             .create_with_context(TrackerContext { readiness })?;
         Ok(Self {
-            consumer,
+            consumer: Arc::new(consumer),
             topic: topic.to_owned(),
         })
     }
@@ -94,9 +108,14 @@ impl Tracker {
     pub async fn run(self, hub: Arc<Hub>, cancel: CancellationToken) -> Result<(), KafkaError> {
         self.consumer.subscribe(&[&self.topic])?;
         tracing::info!(topic = %self.topic, "tracker: subscribed");
+        let mut lag_timer = tokio::time::interval(LAG_INTERVAL);
         loop {
             let message = tokio::select! {
                 () = cancel.cancelled() => break,
+                _ = lag_timer.tick() => {
+                    self.record_lag();
+                    continue;
+                }
                 message = self.consumer.recv() => message,
             };
             match message {
@@ -136,6 +155,30 @@ impl Tracker {
         if let Err(error) = self.consumer.store_offset_from_message(message) {
             tracing::warn!(partition, offset, %error, "tracker: could not store offset");
         }
+    }
+
+    /// Publishes `orders_gateway_tracker_lag{partition}`: high watermark minus committed
+    /// offset, per assigned partition. Runs in the background: both lookups block.
+    fn record_lag(&self) {
+        let consumer = self.consumer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let Ok(committed) = consumer.committed(LAG_TIMEOUT) else {
+                return;
+            };
+            for element in committed.elements_for_topic(&topic) {
+                let partition = element.partition();
+                let Ok((_, high)) = consumer.fetch_watermarks(&topic, partition, LAG_TIMEOUT)
+                else {
+                    continue;
+                };
+                // Nothing committed yet: the whole partition is still to be tracked.
+                let committed = element.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0);
+                let lag = (high - committed).max(0);
+                metrics::gauge!("orders_gateway_tracker_lag", "partition" => partition.to_string())
+                    .set(lag as f64);
+            }
+        });
     }
 
     /// Commits stored offsets and leaves the group; both block, so off the runtime threads.

@@ -118,3 +118,198 @@ async fn shutdown_ends_streams_with_a_reconnect_hint_and_returns_ok() {
     );
     stopping.await.unwrap().expect("clean shutdown");
 }
+
+/// Parses the Prometheus text format strictly enough to catch a malformed line:
+/// `name{labels} value` per sample, `# HELP` / `# TYPE` comments.
+fn parse_prometheus(text: &str) -> Vec<(String, String, f64)> {
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(comment) = line.strip_prefix("# ") {
+            assert!(
+                comment.starts_with("HELP ") || comment.starts_with("TYPE "),
+                "bad comment: {line}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (
+                name,
+                labels
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("bad labels: {line}")),
+            ),
+            None => (series, ""),
+        };
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+            "bad name: {line}"
+        );
+        samples.push((name.to_owned(), labels.to_owned(), value));
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_produces_streams_and_tracker_progress() {
+    let app = TestApp::ready(broker::shared()).await;
+    let mut stream = app.stream("").await;
+    for i in 0..3 {
+        assert_eq!(app.post_order(&order(&format!("m{i}"))).await.status(), 202);
+    }
+    stream.orders(3, Duration::from_secs(10)).await;
+    assert_eq!(app.post_order(&serde_json::json!({})).await.status(), 422);
+
+    // Lag is measured every 5 s; wait for the first measurement of this topic's group.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let samples = loop {
+        let response = app.get("/metrics").await;
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        let samples = parse_prometheus(&response.text().await.unwrap());
+        if samples
+            .iter()
+            .any(|(n, _, _)| n == "orders_gateway_tracker_lag")
+            || Instant::now() > deadline
+        {
+            break samples;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let value = |name: &str, label: &str| -> f64 {
+        samples
+            .iter()
+            .filter(|(n, l, _)| n == name && l.contains(label))
+            .map(|(_, _, v)| v)
+            .sum()
+    };
+    // Other tests share this process's recorder, so counts are at least ours.
+    assert!(
+        value(
+            "orders_gateway_http_requests_total",
+            r#"route="/orders",method="POST",status="202""#
+        ) >= 3.0
+    );
+    assert!(value("orders_gateway_http_requests_total", r#"status="422""#) >= 1.0);
+    assert!(
+        value(
+            "orders_gateway_http_request_duration_seconds_count",
+            r#"route="/orders""#
+        ) >= 4.0
+    );
+    assert!(value("orders_gateway_produce_total", r#"outcome="acked""#) >= 3.0);
+    assert!(
+        value(
+            "orders_gateway_produce_duration_seconds_bucket",
+            r#"le="+Inf""#
+        ) >= 3.0
+    );
+    assert!(value("orders_gateway_tracker_records_total", "") >= 3.0);
+    assert!(value("orders_gateway_stream_events_total", "") >= 3.0);
+    assert!(value("orders_gateway_open_streams", "") >= 1.0);
+    assert!(
+        value(
+            "orders_gateway_tracker_rebalances_total",
+            r#"kind="assign""#
+        ) >= 1.0
+    );
+    for name in [
+        "orders_gateway_tracker_poison_records_total",
+        "orders_gateway_stream_overflows_total",
+        "orders_gateway_tracker_lag",
+    ] {
+        assert!(
+            samples.iter().any(|(n, _, _)| n == name),
+            "{name} is exported"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_topic_and_group_views_describe_the_cluster() {
+    let app = TestApp::ready(broker::shared()).await;
+    let mut stream = app.stream("").await;
+    for i in 0..4 {
+        assert_eq!(app.post_order(&order(&format!("v{i}"))).await.status(), 202);
+    }
+    stream.orders(4, Duration::from_secs(10)).await;
+
+    let topic: Value = app.get("/admin/topic").await.json().await.unwrap();
+    assert_eq!(topic["topic"], app.topic());
+    let partitions = topic["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 3);
+    assert!(
+        partitions
+            .iter()
+            .all(|p| p["leader"].as_i64().is_some() && p["low_watermark"] == 0)
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let group: Value = app.get("/admin/group").await.json().await.unwrap();
+        assert_eq!(group["group"], app.config.tracker_group_id.as_str());
+        let committed: i64 = group["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["committed_offset"].as_i64())
+            .sum();
+        let members = group["members"].as_array().unwrap();
+        if committed == 4 && members.len() == 1 {
+            assert_eq!(group["state"], "Stable");
+            assert!(
+                members[0]["member_id"]
+                    .as_str()
+                    .is_some_and(|id| !id.is_empty())
+            );
+            assert_eq!(group["total_lag"], 0, "{group}");
+            // Tansu answers DescribeGroups without client ids or member assignments (Kafka
+            // sends both), so the assignment decoder is covered by its unit test instead.
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group view never showed 4 committed orders: {group}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_travels_into_the_record_headers() {
+    let app = TestApp::ready(broker::shared()).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = app
+        .http
+        .post(app.url("/orders"))
+        .header("traceparent", traceparent)
+        .header("x-request-id", "req-42")
+        .json(&order("traced"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["x-request-id"], "req-42");
+    let accepted: Value = response.json().await.unwrap();
+    let record = crate::helpers::kafka::read_record(
+        broker::shared(),
+        app.topic(),
+        accepted["partition"].as_i64().unwrap() as i32,
+        accepted["offset"].as_i64().unwrap(),
+    );
+    assert_eq!(
+        crate::helpers::kafka::header(&record, "traceparent").as_deref(),
+        Some(traceparent)
+    );
+}

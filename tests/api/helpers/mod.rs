@@ -138,9 +138,18 @@ impl TestApp {
 }
 
 impl Drop for TestApp {
+    /// Shuts the gateway down properly even when a test ends without `stop` (or panics):
+    /// dropping librdkafka clients mid-flight with the runtime is not a path production takes.
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async {
+                    let _ = tokio::time::timeout(Duration::from_secs(15), handle).await;
+                });
+            });
         }
     }
 }
