@@ -46,7 +46,8 @@ pub struct NewOrder {
         example = "frozen yogurt"
     )]
     pub item: String,
-    /// How many: a JSON integer from 1 to 1000 (`10.0` is not accepted).
+    /// How many: an integer from 1 to 1000. As in JSON Schema, `10.0` and `1e1` are the
+    /// integer 10; `10.5` is not an integer.
     #[schema(minimum = 1, maximum = 1000, example = 10)]
     pub quantity: u32,
 }
@@ -176,15 +177,25 @@ fn take_quantity(fields: &mut Map<String, Value>, errors: &mut Vec<FieldError>) 
     let range = format!("must be an integer from 1 to {QUANTITY_MAX}");
     let message = match fields.remove("quantity") {
         None | Some(Value::Null) => "is required".to_owned(),
-        Some(Value::Number(n)) => match n.as_u64() {
+        Some(Value::Number(n)) => match whole_number(&n) {
             Some(q @ 1..=QUANTITY_MAX) => return u32::try_from(q).ok(),
-            _ if n.is_f64() => format!("{range}, without a fraction or exponent"),
             _ => range,
         },
         Some(_) => range,
     };
     errors.push(FieldError::new("quantity", message));
     None
+}
+
+/// JSON (and JSON Schema's `integer`) does not tell `10` from `10.0` or `1e1`; neither do
+/// we, so the documented schema is exactly what is accepted.
+fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        let f = n.as_f64()?;
+        // Beyond 2^53 a float is no exact count of anything; such a quantity is out of
+        // range anyway.
+        (f.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(&f)).then_some(f as u64)
+    })
 }
 
 /// An order read back from the topic, with where it was found.
@@ -326,11 +337,21 @@ mod tests {
     }
 
     #[test]
-    fn quantity_must_be_a_plain_integer() {
+    fn whole_floats_are_integers_as_json_schema_says() {
+        for (q, expected) in [(json!(10.0), 10), (json!(1e1), 10), (json!(1000.0), 1000)] {
+            let order = parse(json!({"user": "a", "item": "b", "quantity": q})).unwrap();
+            assert_eq!(order.quantity, expected, "{q}");
+        }
+    }
+
+    #[test]
+    fn quantity_must_be_an_integer_in_range() {
         for q in [
-            json!(10.0),
-            json!(1e2),
+            json!(10.5),
+            json!(1e4),
+            json!(0.0),
             json!(-1),
+            json!(1e300),
             json!("10"),
             json!(true),
             json!(u64::MAX),

@@ -168,11 +168,16 @@ fn created_millis(order: &Order) -> Option<i64> {
 }
 
 /// A topic with `message.timestamp.type=LogAppendTime` stores the broker's time; otherwise
-/// the record keeps the creation time we set (some brokers echo something else back).
+/// the record keeps the creation time we set. A log-append time from before we created the
+/// record beyond any clock skew is not real: librdkafka's mock cluster (the embedded
+/// broker) always answers 1234 ms.
 fn stored_timestamp(acked: Timestamp, created: Option<i64>) -> SystemTime {
-    let stored = match acked {
-        Timestamp::LogAppendTime(_) => acked,
-        _ => created.map_or(acked, Timestamp::CreateTime),
+    const MAX_SKEW_MS: i64 = 60 * 60 * 1000;
+    let stored = match (acked, created) {
+        (Timestamp::LogAppendTime(at), Some(ms)) if at >= ms - MAX_SKEW_MS => acked,
+        (Timestamp::LogAppendTime(_), None) => acked,
+        (_, Some(ms)) => Timestamp::CreateTime(ms),
+        (_, None) => acked,
     };
     timestamp(stored).unwrap_or_else(SystemTime::now)
 }
@@ -195,6 +200,24 @@ mod tests {
         assert_eq!(publish_error(&late), PublishError::Timeout);
         let down = KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown);
         assert!(matches!(publish_error(&down), PublishError::Unavailable(_)));
+    }
+
+    #[test]
+    fn a_log_append_time_is_used_unless_it_cannot_be_real() {
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let created = 1_764_000_000_000;
+        let later = Timestamp::LogAppendTime(created + 5);
+        assert_eq!(
+            stored_timestamp(later, Some(created)),
+            at(1_764_000_000_005)
+        );
+        let mock = Timestamp::LogAppendTime(1234);
+        assert_eq!(stored_timestamp(mock, Some(created)), at(1_764_000_000_000));
+        let echoed = Timestamp::CreateTime(7);
+        assert_eq!(
+            stored_timestamp(echoed, Some(created)),
+            at(1_764_000_000_000)
+        );
     }
 
     #[test]
