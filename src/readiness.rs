@@ -12,6 +12,9 @@ pub struct Checks {
     pub topic: bool,
     /// The tracker holds at least one partition of the topic.
     pub tracker: bool,
+    /// How often the topic had to be created again after it vanished; clients holding
+    /// state about the old topic start over when it changes.
+    pub topic_generation: u64,
 }
 
 impl Checks {
@@ -67,6 +70,16 @@ impl Readiness {
     pub fn set_tracker(&self, ok: bool) {
         self.checks
             .send_if_modified(|c| replace(&mut c.tracker, ok));
+    }
+
+    /// A receiver that sees every change of the checks.
+    pub fn watch(&self) -> watch::Receiver<Checks> {
+        self.checks.subscribe()
+    }
+
+    /// Records that the topic vanished and was created again.
+    pub fn topic_recreated(&self) {
+        self.checks.send_modify(|c| c.topic_generation += 1);
     }
 
     /// Resolves once the checks satisfy `f`.

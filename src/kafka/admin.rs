@@ -85,6 +85,7 @@ impl TopicSupervisor {
                             tracing::warn!(topic = %self.topic.name, "topic was recreated; stream positions restart");
                             hub.reset();
                             publisher.renew("the topic was recreated");
+                            readiness.topic_recreated();
                         }
                         Duration::ZERO
                     }

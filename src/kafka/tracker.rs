@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rdkafka::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::{ClientConfig, ClientContext};
 use tokio_util::sync::CancellationToken;
 
 use super::ClientSettings;
@@ -26,18 +26,29 @@ pub struct TrackerContext {
 
 impl ClientContext for TrackerContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        // Broker outages surface here on every reconnect attempt; readiness reports them.
+        // The first sign of an outage, seconds before the supervisor's next probe: the
+        // tracker pauses at once (see `Tracker::follow_broker`).
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.readiness.set_broker(false);
+        }
         tracing::warn!(%error, reason, "tracker: Kafka client error");
     }
 }
 
 impl ConsumerContext for TrackerContext {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 metrics::counter!("orders_gateway_tracker_rebalances_total", "kind" => "assign")
                     .increment(1);
                 tracing::info!(partitions = %partitions(tpl), "tracker: partitions assigned");
+                let checks = self.readiness.checks();
+                if !(checks.broker && checks.topic) {
+                    // Assigned while the topic is not confirmed: wait like the rest.
+                    if let Err(error) = consumer.pause(tpl) {
+                        tracing::warn!(%error, "tracker: could not pause new partitions");
+                    }
+                }
                 self.readiness.set_tracker(tpl.count() > 0);
             }
             Rebalance::Revoke(tpl) => {
@@ -80,7 +91,10 @@ fn partitions(tpl: &TopicPartitionList) -> String {
 pub struct Tracker {
     /// Shared with the blocking lag probe.
     consumer: Arc<StreamConsumer<TrackerContext>>,
+    /// To build a new consumer after the topic was recreated.
+    config: ClientConfig,
     topic: String,
+    readiness: Arc<Readiness>,
 }
 
 /// How often consumer lag is measured for /metrics.
@@ -95,25 +109,65 @@ impl Tracker {
         group_id: &str,
         readiness: Arc<Readiness>,
     ) -> Result<Self, KafkaError> {
-        let consumer = settings
-            .tracker(group_id)
-            .create_with_context(TrackerContext { readiness })?;
+        let config = settings.tracker(group_id);
+        let consumer = Arc::new(config.create_with_context(TrackerContext {
+            readiness: readiness.clone(),
+        })?);
         Ok(Self {
-            consumer: Arc::new(consumer),
+            consumer,
+            config,
             topic: topic.to_owned(),
+            readiness,
         })
     }
 
+    /// Starts over with a new consumer, for a topic that was created again: the old one
+    /// holds fetch positions and leader state of a topic that no longer exists, and a
+    /// broker that lost everything answers its fetches with leader hints that librdkafka
+    /// 2.12 mishandles (see `follow_broker`). The old consumer leaves the group and closes
+    /// completely first, so the group does not wait for it to rejoin.
+    async fn renew(&mut self) -> Result<(), KafkaError> {
+        let fresh: StreamConsumer<TrackerContext> =
+            self.config.create_with_context(TrackerContext {
+                readiness: self.readiness.clone(),
+            })?;
+        let old = std::mem::replace(&mut self.consumer, Arc::new(fresh));
+        let closed = tokio::task::spawn_blocking(move || {
+            old.unsubscribe();
+            drop(old);
+        })
+        .await;
+        if let Err(error) = closed {
+            tracing::warn!(%error, "tracker: closing the old consumer failed");
+        }
+        self.consumer.subscribe(&[&self.topic])?;
+        tracing::warn!(topic = %self.topic, "tracker: renewed for the recreated topic");
+        Ok(())
+    }
+
     /// Feeds the hub until `cancel`, then commits what the hub has taken.
-    pub async fn run(self, hub: Arc<Hub>, cancel: CancellationToken) -> Result<(), KafkaError> {
+    pub async fn run(mut self, hub: Arc<Hub>, cancel: CancellationToken) -> Result<(), KafkaError> {
         self.consumer.subscribe(&[&self.topic])?;
         tracing::info!(topic = %self.topic, "tracker: subscribed");
         let mut lag_timer = tokio::time::interval(LAG_INTERVAL);
+        let mut checks = self.readiness.watch();
+        let mut generation = checks.borrow().topic_generation;
+        let mut paused = false;
         loop {
             let message = tokio::select! {
                 () = cancel.cancelled() => break,
                 _ = lag_timer.tick() => {
                     self.record_lag();
+                    continue;
+                }
+                Ok(()) = checks.changed() => {
+                    let now = *checks.borrow_and_update();
+                    if now.topic_generation != generation {
+                        generation = now.topic_generation;
+                        self.renew().await?;
+                        paused = false;
+                    }
+                    paused = self.follow_broker(now.broker && now.topic, paused);
                     continue;
                 }
                 message = self.consumer.recv() => message,
@@ -129,6 +183,47 @@ impl Tracker {
         }
         self.close().await;
         Ok(())
+    }
+
+    /// Fetches only while the broker is reachable and the topic confirmed; returns whether
+    /// the tracker is paused now.
+    ///
+    /// Why: a broker that lost its state (Tansu without persistent storage, after a
+    /// restart) answers the first fetches with leader hints that carry neither topic name
+    /// nor id, and librdkafka 2.12 dereferences the missing name and crashes (upstream
+    /// issue 5280). Pausing on the first outage signal and resuming once the supervisor has
+    /// seen (or recreated) the topic keeps the tracker away from that window. Kafka itself
+    /// always sends topic ids, so this only costs an idle pause there.
+    fn follow_broker(&self, usable: bool, paused: bool) -> bool {
+        if usable != paused {
+            return paused;
+        }
+        let Ok(assignment) = self.consumer.assignment() else {
+            return paused;
+        };
+        let result = if usable {
+            self.consumer.resume(&assignment)
+        } else {
+            self.consumer.pause(&assignment)
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(
+                    usable,
+                    "tracker: {}",
+                    if usable {
+                        "resumed"
+                    } else {
+                        "paused until the broker and topic are back"
+                    }
+                );
+                !usable
+            }
+            Err(error) => {
+                tracing::warn!(%error, "tracker: pause/resume failed");
+                paused
+            }
+        }
     }
 
     fn handle(&self, message: &BorrowedMessage<'_>, hub: &Hub) {
