@@ -249,6 +249,33 @@ async fn a_request_id_sent_by_the_client_is_echoed() {
     assert_eq!(headers["x-request-id"], "abc-123");
 }
 
+type SseBody = axum::body::BodyDataStream;
+
+/// Opens `GET /orders/stream` and reads its opening comment.
+async fn open_stream(state: &AppState) -> SseBody {
+    let response = router(state.clone())
+        .oneshot(Request::get("/orders/stream").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    let mut body = response.into_body().into_data_stream();
+    assert!(
+        read_until(&mut body, ": connected")
+            .await
+            .contains("retry: 2000")
+    );
+    body
+}
+
+/// The stream ends within 2 s.
+async fn assert_closed(body: &mut SseBody) {
+    let next = tokio::time::timeout(Duration::from_secs(2), body.next()).await;
+    assert!(next.unwrap().is_none(), "the stream is closed");
+}
+
 /// Reads SSE text from a body until `needle` appears (or the body ends).
 async fn read_until(
     body: &mut (impl futures_util::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Unpin),
@@ -267,20 +294,7 @@ async fn read_until(
 #[tokio::test]
 async fn the_stream_sends_hub_orders_as_order_events_with_ids() {
     let h = harness(FakePublisher::default(), 16);
-    let response = router(h.state.clone())
-        .oneshot(Request::get("/orders/stream").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(
-        response.headers()[header::CONTENT_TYPE],
-        "text/event-stream"
-    );
-    let mut body = response.into_body().into_data_stream();
-    assert!(
-        read_until(&mut body, ": connected")
-            .await
-            .contains("retry: 2000")
-    );
+    let mut body = open_stream(&h.state).await;
     h.state.hub.publish(tracked(0));
     let text = read_until(&mut body, "\n\n").await;
     let id = h.state.hub.position().encode("orders");
@@ -294,12 +308,7 @@ async fn the_stream_sends_hub_orders_as_order_events_with_ids() {
 #[tokio::test]
 async fn a_client_that_falls_too_far_behind_gets_an_overflow_event_and_is_closed() {
     let h = harness(FakePublisher::default(), 4);
-    let response = router(h.state.clone())
-        .oneshot(Request::get("/orders/stream").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let mut body = response.into_body().into_data_stream();
-    read_until(&mut body, ": connected").await;
+    let mut body = open_stream(&h.state).await;
     let mut fast = h.state.hub.subscribe();
     for offset in 0..20 {
         assert!(h.state.hub.publish(tracked(offset)), "the hub never blocks");
@@ -319,33 +328,17 @@ async fn a_client_that_falls_too_far_behind_gets_an_overflow_event_and_is_closed
         .unwrap();
     let overflow: Value = serde_json::from_str(data).unwrap();
     assert_eq!(overflow["missed"], 16);
-    assert!(
-        tokio::time::timeout(Duration::from_secs(2), body.next())
-            .await
-            .unwrap()
-            .is_none(),
-        "closed"
-    );
+    assert_closed(&mut body).await;
 }
 
 #[tokio::test]
 async fn shutdown_ends_the_stream_with_a_reconnect_hint() {
     let h = harness(FakePublisher::default(), 16);
-    let response = router(h.state.clone())
-        .oneshot(Request::get("/orders/stream").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let mut body = response.into_body().into_data_stream();
-    read_until(&mut body, ": connected").await;
+    let mut body = open_stream(&h.state).await;
     h.state.shutdown.cancel();
     let text = read_until(&mut body, "retry:").await;
     assert!(text.contains(": gateway shutting down"), "{text}");
-    assert!(
-        tokio::time::timeout(Duration::from_secs(2), body.next())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_closed(&mut body).await;
 }
 
 #[tokio::test]

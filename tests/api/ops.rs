@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helpers::{Broker, TestApp, broker, config, order};
+use crate::helpers::{Broker, TestApp, broker, config, eventually, order};
 
 async fn readyz(app: &TestApp) -> (u16, Value) {
     let response = app.get("/readyz").await;
@@ -13,15 +13,13 @@ async fn readyz(app: &TestApp) -> (u16, Value) {
 }
 
 async fn wait_for_status(app: &TestApp, want: u16, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (status, body) = readyz(app).await;
-        if status == want {
-            return body;
+    eventually(timeout, Duration::from_millis(100), || async {
+        match readyz(app).await {
+            (status, body) if status == want => Ok(body),
+            (status, body) => Err(format!("/readyz stayed {status}: {body}")),
         }
-        assert!(Instant::now() < deadline, "/readyz stayed {status}: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// Compose starts Kafka and the gateway together: the gateway must wait for the broker.
@@ -81,18 +79,19 @@ async fn a_broker_outage_is_a_prompt_503_and_recovery_needs_no_restart() {
 
     broker.restart();
     wait_for_status(&app, 200, Duration::from_secs(40)).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = app.post_order(&order("after")).await.status();
-        if status == 202 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "POSTs still fail with {status} after the broker returned"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            match app.post_order(&order("after")).await.status().as_u16() {
+                202 => Ok(()),
+                status => Err(format!(
+                    "POSTs still fail with {status} after the broker returned"
+                )),
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,35 +254,37 @@ async fn the_topic_and_group_views_describe_the_cluster() {
             .all(|p| p["leader"].as_i64().is_some() && p["low_watermark"] == 0)
     );
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let group: Value = app.get("/admin/group").await.json().await.unwrap();
-        assert_eq!(group["group"], app.config.tracker_group_id.as_str());
-        let committed: i64 = group["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|p| p["committed_offset"].as_i64())
-            .sum();
-        let members = group["members"].as_array().unwrap();
-        if committed == 4 && members.len() == 1 {
-            assert_eq!(group["state"], "Stable");
-            assert!(
-                members[0]["member_id"]
-                    .as_str()
-                    .is_some_and(|id| !id.is_empty())
-            );
-            assert_eq!(group["total_lag"], 0, "{group}");
-            // Tansu answers DescribeGroups without client ids or member assignments (Kafka
-            // sends both), so the assignment decoder is covered by its unit test instead.
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "group view never showed 4 committed orders: {group}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let group = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(300),
+        || async {
+            let group: Value = app.get("/admin/group").await.json().await.unwrap();
+            let committed: i64 = group["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|p| p["committed_offset"].as_i64())
+                .sum();
+            match (committed, group["members"].as_array().map(Vec::len)) {
+                (4, Some(1)) => Ok(group),
+                _ => Err(format!(
+                    "group view never showed 4 committed orders and 1 member: {group}"
+                )),
+            }
+        },
+    )
+    .await;
+    assert_eq!(group["group"], app.config.tracker_group_id.as_str());
+    assert_eq!(group["state"], "Stable");
+    assert_eq!(group["total_lag"], 0, "{group}");
+    // Tansu answers DescribeGroups without client ids or member assignments (Kafka sends
+    // both), so the assignment decoder is covered by its unit test instead.
+    let member = &group["members"][0];
+    assert!(
+        member["member_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,12 +11,18 @@ use crate::helpers::{SseStream, order};
 struct Gateway {
     child: Child,
     base: String,
+    /// Where the gateway's stdout and stderr go.
+    log: std::path::PathBuf,
 }
 
 impl Gateway {
     /// Runs the binary with `env`; `KAFKA_BOOTSTRAP_SERVERS` only if given.
     fn start(env: &[(&str, &str)]) -> Self {
         let port = free_port();
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gateways");
+        std::fs::create_dir_all(&dir).expect("log dir");
+        let log = dir.join(format!("gateway-{port}.log"));
+        let out = std::fs::File::create(&log).expect("gateway log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_orders-gateway"));
         command
             .env_clear()
@@ -26,12 +32,13 @@ impl Gateway {
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(out.try_clone().expect("log handle"))
+            .stderr(out);
         die_with_parent(&mut command);
         Self {
             child: command.spawn().expect("start gateway"),
             base: format!("http://127.0.0.1:{port}"),
+            log,
         }
     }
 
@@ -48,6 +55,16 @@ impl Gateway {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// Places a valid order.
+    async fn post_order(&self, http: &reqwest::Client) -> reqwest::Response {
+        let url = format!("{}/orders", self.base);
+        http.post(url)
+            .json(&order("lara"))
+            .send()
+            .await
+            .expect("POST /orders")
     }
 
     fn terminate(&self) {
@@ -87,12 +104,7 @@ async fn sigterm_ends_streams_and_exits_zero_within_ten_seconds() {
     let http = reqwest::Client::new();
     gateway.wait_ready(&http, Duration::from_secs(30)).await;
     let mut stream = SseStream::open(&http, &format!("{}/orders/stream", gateway.base)).await;
-    let response = http
-        .post(format!("{}/orders", gateway.base))
-        .json(&order("lara"))
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.post_order(&http).await;
     assert_eq!(response.status(), 202);
 
     let started = Instant::now();
@@ -117,16 +129,48 @@ async fn without_a_cluster_the_gateway_runs_end_to_end_on_its_embedded_broker() 
     eprintln!("embedded gateway ready in {took:?}");
     let mut stream = SseStream::open(&http, &format!("{}/orders/stream", gateway.base)).await;
 
-    let response = http
-        .post(format!("{}/orders", gateway.base))
-        .json(&order("lara"))
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.post_order(&http).await;
     assert_eq!(response.status(), 202);
     let accepted: Value = response.json().await.unwrap();
     let event = &stream.orders(1, Duration::from_secs(10)).await[0];
     assert_eq!(event.json()["order_id"], accepted["order_id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_id_and_the_order_id() {
+    let mut gateway = Gateway::start(&[("LOG_FORMAT", "json"), ("RUST_LOG", "info")]);
+    let http = reqwest::Client::new();
+    gateway.wait_ready(&http, Duration::from_secs(20)).await;
+    let url = format!("{}/orders", gateway.base);
+    let request = http
+        .post(url)
+        .header("x-request-id", "trace-me-42")
+        .json(&order("lara"));
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    gateway.terminate();
+    let log = gateway.log.clone();
+    tokio::task::spawn_blocking(move || gateway.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+
+    let text = std::fs::read_to_string(log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+    let finished = lines
+        .iter()
+        .find(|l| l["span"]["request_id"] == "trace-me-42")
+        .unwrap_or_else(|| panic!("no line in the request's span: {text}"));
+    assert_eq!(finished["span"]["order_id"], accepted["order_id"]);
+    assert_eq!(finished["span"]["path"], "/orders");
 }
 
 #[test]

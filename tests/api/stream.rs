@@ -1,10 +1,10 @@
 //! GET /orders/stream and the tracker behind it, against a real broker.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{TestApp, broker, kafka, order};
+use crate::helpers::{TestApp, broker, eventually, kafka, order};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_is_an_event_stream_that_proxies_do_not_buffer() {
@@ -115,18 +115,17 @@ async fn the_tracker_commits_what_it_handed_to_the_hub() {
     }
     stream.orders(5, Duration::from_secs(10)).await;
     let (topic, group) = (app.topic().to_owned(), app.config.tracker_group_id.clone());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let committed = kafka::committed_total(broker::shared(), &group, &topic, 3);
-        if committed == 5 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "group committed {committed} of 5"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || async {
+            match kafka::committed_total(broker::shared(), &group, &topic, 3) {
+                5 => Ok(()),
+                committed => Err(format!("group committed {committed} of 5")),
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

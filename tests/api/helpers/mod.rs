@@ -158,3 +158,20 @@ impl Drop for TestApp {
 pub fn order(user: &str) -> Value {
     json!({"user": user, "item": "frozen yogurt", "quantity": 10})
 }
+
+/// Polls `check` every `every` until it returns `Ok`, and fails the test with its last
+/// `Err` reason once `timeout` has passed.
+pub async fn eventually<T, F, Fut>(timeout: Duration, every: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(reason) => assert!(Instant::now() < deadline, "after {timeout:?}: {reason}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
