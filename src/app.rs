@@ -16,6 +16,7 @@ use crate::hub::Hub;
 use crate::kafka::ClientSettings;
 use crate::kafka::admin::{TopicSpec, TopicSupervisor};
 use crate::kafka::embedded::EmbeddedBroker;
+use crate::kafka::history::KafkaHistory;
 use crate::kafka::producer::KafkaPublisher;
 use crate::kafka::tracker::Tracker;
 use crate::kafka::views::KafkaViews;
@@ -95,6 +96,8 @@ pub async fn run(
                 .map_err(|e| AppError::Start("views client", e.to_string()))?,
         ),
         admin_token: config.admin_token.clone(),
+        history: Arc::new(KafkaHistory::new(&settings, &topic)),
+        streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams.get())),
     };
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
     let addr = listener

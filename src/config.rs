@@ -46,6 +46,10 @@ pub struct Config {
     #[arg(long, env = "STREAM_BUFFER", default_value = "1024")]
     pub stream_buffer: NonZeroUsize,
 
+    /// Most streams open at once; beyond it `GET /orders/stream` answers 429.
+    #[arg(long, env = "MAX_STREAMS", default_value = "10000")]
+    pub max_streams: NonZeroUsize,
+
     /// Recent orders kept in memory for `GET /orders/stream?since=` replays.
     #[arg(long, env = "STREAM_REPLAY", default_value = "10000")]
     pub stream_replay: usize,

@@ -1,7 +1,7 @@
 //! Fan-out hub: hands every tracked order to every connected stream client.
 //! It knows orders and positions, never Kafka, so streaming is testable without a broker.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
@@ -47,6 +47,18 @@ pub struct Hub {
 struct Inner {
     position: Position,
     recent: VecDeque<Arc<StreamEvent>>,
+    /// Per partition, the offset from which every order is still in `recent`.
+    kept_from: BTreeMap<i32, i64>,
+}
+
+/// Where a resuming subscriber's missed orders come from.
+#[derive(Debug)]
+pub enum Catchup {
+    /// All of them are in memory: send these, then the subscription.
+    Memory(Vec<Arc<StreamEvent>>),
+    /// Some are older than memory: replay from the topic up to `until` (the hub's
+    /// position when the subscription began), then the subscription.
+    History { until: Position },
 }
 
 impl Hub {
@@ -86,11 +98,21 @@ impl Hub {
             data: serde_json::to_string(&order).unwrap_or_default(),
             order,
         });
+        inner
+            .kept_from
+            .entry(event.order.partition)
+            .or_insert(event.order.offset);
+        let full = self.replay > 0 && inner.recent.len() == self.replay;
+        if let Some(evicted) = full.then(|| inner.recent.pop_front()).flatten() {
+            let o = &evicted.order;
+            inner.kept_from.insert(o.partition, o.offset + 1);
+        }
         if self.replay > 0 {
-            if inner.recent.len() == self.replay {
-                inner.recent.pop_front();
-            }
             inner.recent.push_back(event.clone());
+        } else {
+            inner
+                .kept_from
+                .insert(event.order.partition, event.order.offset + 1);
         }
         // No subscribers is not an error: the order is simply not watched right now.
         let _ = self.tx.send(event);
@@ -126,6 +148,41 @@ impl Hub {
             .cloned()
             .collect();
         (backlog, self.subscribe())
+    }
+
+    /// A subscriber that resumes after `from`: what it missed (from memory when the hub
+    /// still holds all of it, else a range to replay from the topic) and a subscription for
+    /// everything after. Taken under one lock, so nothing falls between the two.
+    pub fn resume(&self, from: &Position) -> (Catchup, Subscription) {
+        let inner = self.lock();
+        let in_memory = inner.position.iter().all(|(partition, next)| {
+            let wanted = from.next_offset(partition).unwrap_or(0);
+            wanted >= next
+                || inner
+                    .kept_from
+                    .get(&partition)
+                    .is_some_and(|kept| *kept <= wanted)
+        });
+        // A position ahead of the hub on some partition is either another replica's or a
+        // recreated topic's; only the topic can tell which.
+        let ahead = from
+            .iter()
+            .any(|(p, o)| o > inner.position.next_offset(p).unwrap_or(0));
+        let catchup = if in_memory && !ahead {
+            Catchup::Memory(
+                inner
+                    .recent
+                    .iter()
+                    .filter(|e| !from.has_passed(e.order.partition, e.order.offset))
+                    .cloned()
+                    .collect(),
+            )
+        } else {
+            Catchup::History {
+                until: inner.position.clone(),
+            }
+        };
+        (catchup, self.subscribe())
     }
 
     /// How many subscribers are connected.

@@ -10,6 +10,7 @@
 //! - [`domain`]: orders and stream positions; no I/O.
 //! - [`http`]: the HTTP edge (router, handlers, problem+json errors).
 //! - [`publisher`]: the port between the HTTP edge and Kafka.
+//! - [`history`]: the port to the topic's history, for resuming streams.
 //! - [`hub`]: fan-out of tracked orders to stream clients; no Kafka types.
 //! - [`kafka`]: producer, tracker, topic supervisor, embedded broker.
 //! - [`readiness`]: what `/readyz` reports.
@@ -20,6 +21,7 @@
 pub mod app;
 pub mod config;
 pub mod domain;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod kafka;

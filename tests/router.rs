@@ -10,13 +10,15 @@ use axum::http::{Request, StatusCode, header};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
-use orders_gateway::domain::{Order, TrackedOrder};
+use orders_gateway::domain::{Order, Position, TrackedOrder};
+use orders_gateway::history::{History, HistoryError, Replayed};
 use orders_gateway::http::{AppState, router};
 use orders_gateway::hub::Hub;
 use orders_gateway::publisher::{PublishError, Publisher, Receipt};
 use orders_gateway::readiness::Readiness;
 use orders_gateway::views::{ClusterViews, GroupView, PartitionView, TopicView, ViewError};
 use serde_json::Value;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -74,6 +76,27 @@ impl ClusterViews for FakeViews {
     }
 }
 
+/// A topic whose history holds one order at partition 0, offset 0.
+struct FakeHistory;
+
+impl History for FakeHistory {
+    fn position_at(&self, _: SystemTime) -> BoxFuture<'_, Result<Position, HistoryError>> {
+        Box::pin(async { Ok(Position::default()) })
+    }
+
+    fn replay(
+        &self,
+        from: Position,
+        to: Position,
+    ) -> mpsc::Receiver<Result<Replayed, HistoryError>> {
+        let (tx, rx) = mpsc::channel(8);
+        if !from.has_passed(0, 0) && to.next_offset(0).is_some_and(|end| end > 0) {
+            let _ = tx.try_send(Ok(Replayed::Order(tracked(0))));
+        }
+        rx
+    }
+}
+
 struct Harness {
     state: AppState,
     publisher: Arc<FakePublisher>,
@@ -89,6 +112,8 @@ fn harness(publisher: FakePublisher, buffer: usize) -> Harness {
         stream_keep_alive: Duration::from_secs(15),
         views: Arc::new(FakeViews),
         admin_token: Some("s3cret".into()),
+        history: Arc::new(FakeHistory),
+        streams: Arc::new(tokio::sync::Semaphore::new(3)),
     };
     Harness { state, publisher }
 }

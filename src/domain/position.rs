@@ -50,6 +50,12 @@ impl Position {
         *next = (*next).max(offset.saturating_add(1));
     }
 
+    /// Sets where `partition` continues, also backwards: the partition's history before
+    /// `next` is gone (retention, or the topic was recreated).
+    pub fn restart(&mut self, partition: i32, next: i64) {
+        self.next.insert(partition, next);
+    }
+
     /// Partitions and their next offsets, in partition order.
     pub fn iter(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
         self.next.iter().map(|(p, o)| (*p, *o))

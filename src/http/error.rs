@@ -44,6 +44,12 @@ pub enum ApiError {
     /// 503: the broker did not acknowledge the order; the client should retry.
     #[error(transparent)]
     Publish(PublishError),
+    /// 429: MAX_STREAMS streams are open.
+    #[error("too many open streams; retry shortly")]
+    TooManyStreams,
+    /// 503: the topic's history could not be read.
+    #[error("the Kafka broker did not answer: {0}")]
+    HistoryUnavailable(String),
     /// 503: a topic or group view could not be read from the broker.
     #[error("the Kafka broker did not answer: {0}")]
     ViewUnavailable(String),
@@ -135,6 +141,16 @@ impl ApiError {
                 "/problems/broker-unavailable",
                 "View unavailable",
             ),
+            Self::HistoryUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/broker-unavailable",
+                "History unavailable",
+            ),
+            Self::TooManyStreams => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "/problems/too-many-streams",
+                "Too many streams",
+            ),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "/problems/internal",
@@ -162,7 +178,11 @@ impl ApiError {
     fn retry_after(&self) -> Option<u32> {
         match self {
             Self::Publish(PublishError::QueueFull) => Some(1),
-            Self::Publish(_) | Self::NotReady(_) | Self::ViewUnavailable(_) => Some(5),
+            Self::Publish(_)
+            | Self::NotReady(_)
+            | Self::ViewUnavailable(_)
+            | Self::HistoryUnavailable(_)
+            | Self::TooManyStreams => Some(5),
             _ => None,
         }
     }

@@ -7,6 +7,7 @@ pub mod json;
 pub mod ops;
 pub mod orders;
 pub mod stream;
+pub mod stream_query;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::history::History;
 use crate::hub::Hub;
 use crate::publisher::Publisher;
 use crate::readiness::Readiness;
@@ -37,6 +39,10 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     pub stream_keep_alive: Duration,
     pub views: Arc<dyn ClusterViews>,
+    /// The topic's history, for streams that resume from further back than the hub keeps.
+    pub history: Arc<dyn History>,
+    /// One permit per open stream (MAX_STREAMS).
+    pub streams: Arc<tokio::sync::Semaphore>,
     /// `ADMIN_TOKEN`; never logged.
     pub admin_token: Option<String>,
 }
@@ -44,7 +50,7 @@ pub struct AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "orders-gateway", description = "An HTTP front for an Apache Kafka orders topic."),
-    components(schemas(stream::Overflow)),
+    components(schemas(stream::Overflow, stream::Gap, stream::Unavailable)),
     modifiers(&AdminTokenScheme),
     tags(
         (name = "orders", description = "Place orders and watch them being tracked"),

@@ -1,96 +1,59 @@
-//! `GET /orders/stream`: tracked orders as Server-Sent Events.
+//! `GET /orders/stream`: tracked orders as Server-Sent Events, resumable without gaps or
+//! duplicates.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use futures_util::stream;
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
-use crate::domain::TrackedOrder;
-use crate::hub::{Next, StreamEvent, Subscription};
+use super::stream_query::{Start, StreamQuery};
+use crate::domain::{Position, TrackedOrder};
+use crate::history::{HistoryError, Replayed};
+use crate::hub::{Catchup, Next, StreamEvent, Subscription};
 
 /// How long a client waits before reconnecting after the stream ends.
 const RETRY: Duration = Duration::from_secs(2);
-/// Largest `limit` a client may ask for.
-const LIMIT_MAX: u32 = 10_000;
 
 /// The `data` of an `overflow` event: the client fell too far behind and is disconnected.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Overflow {
     /// Orders that were dropped from this client's buffer.
     pub missed: u64,
-    /// The id of the last `order` event this client was sent, if any.
+    /// Resume from here (`Last-Event-ID`) to get them from the topic.
     pub last_event_id: Option<String>,
     /// What happened, in words.
     pub detail: &'static str,
 }
 
-/// Query parameters of `GET /orders/stream`.
-#[derive(Debug, Default, PartialEq, Eq, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct StreamQuery {
-    /// First replay the recent orders the gateway keeps in memory whose record timestamp
-    /// is at or after this time: RFC 3339 (`2026-11-26T14:00:00Z`, any offset) or
-    /// milliseconds since the Unix epoch. Without it the stream starts at the live tail.
-    #[param(value_type = Option<String>, example = "2026-11-26T14:00:00Z")]
-    pub since: Option<SystemTime>,
-    /// End the stream after this many `order` events (1 to 10000). Without it the stream
-    /// is endless.
-    #[param(minimum = 1, maximum = 10000)]
-    pub limit: Option<u32>,
+/// The `data` of a `gap` event: offsets that are gone from the topic and cannot be sent.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Gap {
+    pub partition: i32,
+    /// First missing offset (the client's position).
+    pub from: i64,
+    /// Where the stream continues: the earliest offset the topic still holds.
+    pub to: i64,
+    pub detail: &'static str,
 }
 
-impl StreamQuery {
-    /// Parses the raw query; unknown parameters are ignored (cache busters are common).
-    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
-        let mut query = Self::default();
-        for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-            match key.as_ref() {
-                "since" => query.since = Some(parse_since(&value)?),
-                "limit" => query.limit = Some(parse_limit(&value)?),
-                _ => {}
-            }
-        }
-        Ok(query)
-    }
-}
-
-fn parse_since(value: &str) -> Result<SystemTime, ApiError> {
-    let bad = || {
-        ApiError::BadRequest(format!(
-            "`since` must be an RFC 3339 time (2026-11-26T14:00:00Z) or epoch milliseconds, got `{value}`"
-        ))
-    };
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        let ms = value.parse::<u64>().map_err(|_| bad())?;
-        return SystemTime::UNIX_EPOCH
-            .checked_add(Duration::from_millis(ms))
-            .ok_or_else(bad);
-    }
-    let t = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| bad())?;
-    // Times before 1970 replay everything kept, like the epoch itself.
-    let nanos = u64::try_from(t.unix_timestamp_nanos().max(0)).map_err(|_| bad())?;
-    Ok(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos))
-}
-
-fn parse_limit(value: &str) -> Result<u32, ApiError> {
-    match value.parse::<u32>() {
-        Ok(n @ 1..=LIMIT_MAX) => Ok(n),
-        _ => Err(ApiError::BadRequest(format!(
-            "`limit` must be an integer from 1 to {LIMIT_MAX}, got `{value}`"
-        ))),
-    }
+/// The `data` of an `unavailable` event: the history needed to resume could not be read;
+/// the stream closes so the client retries from `last_event_id`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Unavailable {
+    pub last_event_id: Option<String>,
+    pub detail: String,
 }
 
 /// Watch orders as they are tracked.
@@ -98,17 +61,26 @@ fn parse_limit(value: &str) -> Result<u32, ApiError> {
 /// A `text/event-stream` of Server-Sent Events:
 ///
 /// - it opens with a `: connected` comment and a `retry: 2000` reconnect hint;
-/// - `event: order`: one tracked order. `id` is the opaque stream position after it;
-///   `data` is the order JSON (the `TrackedOrder` schema: the order plus `partition`,
-///   `offset` and the record `timestamp`). Orders of one partition arrive in offset order;
-/// - `: keep-alive` comment after 15 s without an order;
-/// - `event: overflow`: this client fell more than STREAM_BUFFER orders behind; `data` is
-///   the `Overflow` schema; then the stream closes;
+/// - `event: order`: one order. `id` is the stream position after it (every partition's
+///   next offset, compact and versioned); `data` is the `TrackedOrder` JSON. Orders of one
+///   partition arrive in offset order;
+/// - `event: gap`: orders the client asked for are gone from the topic (retention, or the
+///   topic was recreated); `data` is the `Gap` schema; the stream continues after it;
+/// - `event: overflow`: the client fell more than STREAM_BUFFER orders behind the live
+///   feed; `data` is the `Overflow` schema; the stream closes. Reconnecting with its
+///   `last_event_id` replays what was missed from the topic;
+/// - `event: unavailable`: the history to resume from could not be read (`Unavailable`);
+///   the stream closes;
+/// - `: keep-alive` comment after 15 s without an event;
 /// - `: gateway shutting down; reconnect with Last-Event-ID` and a `retry` hint when the
-///   gateway stops; then the stream closes.
+///   gateway stops.
 ///
-/// New clients start at the live tail unless `since` is given.
-#[utoipa::path(get, path = "/orders/stream", tag = "orders", params(StreamQuery),
+/// Where it starts: after the `Last-Event-ID` header (sent by EventSource on reconnect) or
+/// `last_event_id`, with no gap and no duplicate, reading from the topic what memory no
+/// longer holds; at `since`; else, and with `live=true`, at the live tail. A malformed or
+/// foreign id is a 400.
+#[utoipa::path(get, path = "/orders/stream", tag = "orders", params(StreamQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (sent by EventSource on reconnect)")),
     responses(
         (status = 200,
             description = "Server-Sent Events; the schema is that of an `order` event's `data`",
@@ -117,27 +89,53 @@ fn parse_limit(value: &str) -> Result<u32, ApiError> {
                 ("Cache-Control" = String, description = "`no-cache`"),
                 ("X-Accel-Buffering" = String, description = "`no`: proxies must not buffer the stream"),
             )),
-        (status = 400, description = "A query parameter is invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A parameter or the last event id is invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "MAX_STREAMS streams are open; see Retry-After", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before reconnecting"))),
+        (status = 503, description = "`since` could not be resolved against the topic", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn stream_orders(
     State(state): State<AppState>,
+    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     let query = StreamQuery::parse(raw.as_deref())?;
-    let (backlog, subscription) = match query.since {
-        Some(since) => state.hub.subscribe_since(since),
-        None => (Vec::new(), state.hub.subscribe()),
+    let start = query.start(&headers, state.hub.topic())?;
+    let permit = state
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::TooManyStreams)?;
+    let from = match start {
+        Start::Live => None,
+        Start::After(position) => Some(position),
+        Start::Since(at) => Some(since_position(&state, at).await?),
+    };
+    let (catchup, subscription) = match &from {
+        None => (Catchup::Memory(Vec::new()), state.hub.subscribe()),
+        Some(from) => state.hub.resume(from),
+    };
+    let (backlog, replay) = match (catchup, &from) {
+        (Catchup::History { until }, Some(from)) => (
+            VecDeque::new(),
+            Some(state.history.replay(from.clone(), until)),
+        ),
+        (Catchup::Memory(events), _) => (events.into(), None),
+        // Resume without a position cannot happen: a live start never asks for history.
+        (Catchup::History { .. }, None) => (VecDeque::new(), None),
     };
     metrics::gauge!("orders_gateway_open_streams").increment(1.0);
     let feed = Feed {
-        backlog: backlog.into(),
+        topic: state.hub.topic().to_owned(),
+        query,
+        backlog,
+        replay,
+        position: from,
         subscription,
         shutdown: state.shutdown.clone(),
-        since: query.since,
-        remaining: query.limit,
         last_id: None,
         phase: Phase::Start,
-        _open: OpenStream,
+        _open: OpenStream { _slot: permit },
     };
     let keep_alive = KeepAlive::new()
         .interval(state.stream_keep_alive)
@@ -152,28 +150,50 @@ pub async fn stream_orders(
     ))
 }
 
+/// The position of the first orders at or after `at`; partitions with none start where
+/// the hub is, so nothing older is replayed.
+async fn since_position(state: &AppState, at: std::time::SystemTime) -> Result<Position, ApiError> {
+    let mut position = state
+        .history
+        .position_at(at)
+        .await
+        .map_err(|e| ApiError::HistoryUnavailable(e.0))?;
+    for (partition, next) in state.hub.position().iter() {
+        if position.next_offset(partition).is_none() {
+            position.restart(partition, next);
+        }
+    }
+    Ok(position)
+}
+
 enum Phase {
     Start,
     Live,
     Done,
 }
 
+/// One client's stream.
 struct Feed {
-    /// Replayed orders, sent before the live ones.
+    topic: String,
+    query: StreamQuery,
+    /// Missed orders still in memory, sent first.
     backlog: VecDeque<Arc<StreamEvent>>,
+    /// Missed orders read from the topic, sent first.
+    replay: Option<mpsc::Receiver<Result<Replayed, HistoryError>>>,
+    /// The client's own position while it differs from the hub's (catching up, or ahead
+    /// of this replica); `None` once they agree, so the hub's ready-made ids are used.
+    position: Option<Position>,
     subscription: Subscription,
     shutdown: CancellationToken,
-    /// Orders stamped before this are not sent, replayed or live.
-    since: Option<SystemTime>,
-    /// Order events still to send when the client set `limit`.
-    remaining: Option<u32>,
     last_id: Option<String>,
     phase: Phase,
     _open: OpenStream,
 }
 
-/// Counts open streams down when a stream ends, however it ends.
-struct OpenStream;
+/// Holds a MAX_STREAMS slot and counts open streams down however a stream ends.
+struct OpenStream {
+    _slot: OwnedSemaphorePermit,
+}
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
@@ -196,98 +216,165 @@ fn order_events(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> {
     })
 }
 
+/// What one step of the feed produced.
+enum Step {
+    Send(Event),
+    /// Nothing for this client (filtered, skipped, or already seen); go on.
+    Pass,
+    End,
+}
+
 impl Feed {
     async fn next_event(&mut self) -> Option<Event> {
-        if self.remaining == Some(0) {
-            return None;
+        loop {
+            if self.query.limit == Some(0) {
+                return None;
+            }
+            let shutdown = self.shutdown.clone();
+            let step = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    self.phase = Phase::Done;
+                    return Some(Event::default()
+                        .comment("gateway shutting down; reconnect with Last-Event-ID")
+                        .retry(RETRY));
+                }
+                step = self.step() => step,
+            };
+            match step {
+                Step::Send(event) => return Some(event),
+                Step::Pass => {}
+                Step::End => return None,
+            }
+        }
+    }
+
+    async fn step(&mut self) -> Step {
+        if let Some(replay) = &mut self.replay {
+            return match replay.recv().await {
+                Some(Ok(item)) => self.replayed(item),
+                Some(Err(error)) => self.unavailable(&error),
+                None => {
+                    self.replay = None;
+                    Step::Pass
+                }
+            };
         }
         if let Some(event) = self.backlog.pop_front() {
-            return Some(self.order_event(&event));
+            return self.hub_event(&event);
         }
-        loop {
-            let next = self.next_live().await?;
-            if let Some(event) = next {
-                return Some(event);
-            }
+        match self.subscription.next().await {
+            Next::Event(event) => self.hub_event(&event),
+            Next::Lagged { missed } => self.overflow(missed),
+            Next::Closed => Step::End,
         }
     }
 
-    /// The next live event; `Some(None)` for an order this client did not ask for.
-    async fn next_live(&mut self) -> Option<Option<Event>> {
-        let next = tokio::select! {
-            () = self.shutdown.cancelled() => {
-                self.phase = Phase::Done;
-                return Some(Some(Event::default()
-                    .comment("gateway shutting down; reconnect with Last-Event-ID")
-                    .retry(RETRY)));
+    /// An order from the hub, live or from its memory.
+    fn hub_event(&mut self, event: &StreamEvent) -> Step {
+        let order = &event.order;
+        let id = match &mut self.position {
+            None => event.id.clone(),
+            Some(position) => {
+                if position.has_passed(order.partition, order.offset) {
+                    return Step::Pass;
+                }
+                position.advance(order.partition, order.offset);
+                let id = position.encode(&self.topic);
+                if id == event.id {
+                    self.position = None;
+                }
+                id
             }
-            next = self.subscription.next() => next,
         };
-        match next {
-            Next::Event(event) if self.since.is_some_and(|since| event.order.at < since) => {
-                Some(None)
-            }
-            Next::Event(event) => Some(Some(self.order_event(&event))),
-            Next::Lagged { missed } => {
-                metrics::counter!("orders_gateway_stream_overflows_total").increment(1);
-                self.phase = Phase::Done;
-                let data = Overflow {
-                    missed,
-                    last_event_id: self.last_id.clone(),
-                    detail: "this client fell too far behind the live feed and was disconnected",
-                };
+        if !self.query.wants(&order.user, &order.item) {
+            return Step::Pass;
+        }
+        self.send_order(id, &event.data)
+    }
+
+    /// A record replayed from the topic.
+    fn replayed(&mut self, item: Replayed) -> Step {
+        let position = self.position.get_or_insert_with(Position::default);
+        match item {
+            Replayed::Order(order) => {
+                position.advance(order.partition, order.offset);
+                if !self.query.wants(&order.user, &order.item) {
+                    return Step::Pass;
+                }
+                let id = position.encode(&self.topic);
                 // A struct of strings and integers always serialises.
-                let data = serde_json::to_string(&data).unwrap_or_default();
-                let overflow = Event::default().event("overflow").data(data);
-                Some(Some(overflow.retry(RETRY)))
+                let data = serde_json::to_string(&order).unwrap_or_default();
+                self.send_order(id, &data)
             }
-            Next::Closed => None,
+            Replayed::Skipped { partition, offset } => {
+                position.advance(partition, offset);
+                Step::Pass
+            }
+            Replayed::Gap {
+                partition,
+                from,
+                to,
+            } => {
+                position.restart(partition, to);
+                let id = position.encode(&self.topic);
+                let gap = Gap {
+                    partition,
+                    from,
+                    to,
+                    detail: "these orders are no longer on the topic; the stream continues after them",
+                };
+                metrics::counter!("orders_gateway_stream_gaps_total").increment(1);
+                self.last_id = Some(id.clone());
+                Step::Send(Event::default().event("gap").id(id).data(json(&gap)))
+            }
         }
     }
 
-    fn order_event(&mut self, event: &StreamEvent) -> Event {
+    fn send_order(&mut self, id: String, data: &str) -> Step {
         metrics::counter!("orders_gateway_stream_events_total").increment(1);
-        self.last_id = Some(event.id.clone());
-        if let Some(n) = &mut self.remaining {
+        if let Some(n) = &mut self.query.limit {
             *n -= 1;
         }
-        Event::default()
-            .event("order")
-            .id(&event.id)
-            .data(&event.data)
+        let event = Event::default().event("order").id(&id).data(data);
+        self.last_id = Some(id);
+        Step::Send(event)
+    }
+
+    fn overflow(&mut self, missed: u64) -> Step {
+        metrics::counter!("orders_gateway_stream_overflows_total").increment(1);
+        self.phase = Phase::Done;
+        let overflow = Overflow {
+            missed,
+            last_event_id: self.last_id.clone(),
+            detail: "this client fell too far behind the live feed; reconnect with last_event_id",
+        };
+        Step::Send(
+            Event::default()
+                .event("overflow")
+                .data(json(&overflow))
+                .retry(RETRY),
+        )
+    }
+
+    fn unavailable(&mut self, error: &HistoryError) -> Step {
+        tracing::warn!(%error, "stream: replay from the topic failed");
+        self.phase = Phase::Done;
+        let unavailable = Unavailable {
+            last_event_id: self.last_id.clone(),
+            detail: "the orders to resume from could not be read from Kafka; reconnect later"
+                .into(),
+        };
+        Step::Send(
+            Event::default()
+                .event("unavailable")
+                .data(json(&unavailable))
+                .retry(RETRY),
+        )
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn since_takes_rfc3339_with_any_offset_or_epoch_millis() {
-        let at = |s| StreamQuery::parse(Some(s)).unwrap().since.unwrap();
-        let expected = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_165_600_000);
-        assert_eq!(at("since=2025-11-26T14:00:00Z"), expected);
-        assert_eq!(at("since=2025-11-26T15:00:00%2B01:00"), expected);
-        assert_eq!(at("since=1764165600000"), expected);
-    }
-
-    #[test]
-    fn bad_parameters_are_400s_and_unknown_ones_are_ignored() {
-        for raw in [
-            "since=yesterday",
-            "since=",
-            "limit=0",
-            "limit=10001",
-            "limit=-1",
-            "limit=x",
-        ] {
-            let err = StreamQuery::parse(Some(raw)).unwrap_err();
-            assert!(matches!(err, ApiError::BadRequest(_)), "{raw}");
-        }
-        assert_eq!(
-            StreamQuery::parse(Some("_=123")).unwrap(),
-            StreamQuery::default()
-        );
-        assert_eq!(StreamQuery::parse(Some("limit=3")).unwrap().limit, Some(3));
-    }
+fn json(value: &impl Serialize) -> String {
+    // Our event payloads are plain structs of strings and integers.
+    serde_json::to_string(value).unwrap_or_default()
 }

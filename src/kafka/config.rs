@@ -90,6 +90,19 @@ impl ClientSettings {
         self.finish(c)
     }
 
+    /// Short-lived readers of the topic's history: assigned, never in a group, never
+    /// committing.
+    pub(crate) fn replayer(&self) -> ClientConfig {
+        let mut c = self.base("orders-gateway-replay");
+        c.set("group.id", "orders-gateway-replay")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // Ranges are checked against the watermarks before reading; a reset mid-replay
+            // moves to what is still there.
+            .set("auto.offset.reset", "earliest");
+        self.finish(c)
+    }
+
     /// The admin client that checks and creates the topic.
     pub(crate) fn admin(&self) -> ClientConfig {
         let c = self.base("orders-gateway-admin");

@@ -5,6 +5,7 @@
 pub mod admin;
 mod config;
 pub mod embedded;
+pub mod history;
 pub mod producer;
 pub mod tracker;
 pub mod views;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{TestApp, broker, eventually, kafka, order};
+use crate::helpers::{SseStream, TestApp, broker, config, eventually, kafka, order};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_is_an_event_stream_that_proxies_do_not_buffer() {
@@ -165,4 +165,245 @@ async fn since_replays_recent_orders_and_limit_ends_the_stream() {
         response.headers()["content-type"],
         "application/problem+json"
     );
+}
+
+/// Places `n` orders one after the other (one record per batch keeps Tansu's high
+/// watermark exact) and returns their order ids.
+async fn place(app: &TestApp, user: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let accepted: Value = app.post_order(&order(user)).await.json().await.unwrap();
+        ids.push(accepted["order_id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+fn order_ids(events: &[crate::helpers::sse::SseEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e.json()["order_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Orders of one partition must arrive in offset order; across partitions any interleaving.
+fn assert_partition_order(events: &[crate::helpers::sse::SseEvent]) {
+    let mut last = std::collections::HashMap::new();
+    for e in events {
+        let d = e.json();
+        let (p, o) = (
+            d["partition"].as_i64().unwrap(),
+            d["offset"].as_i64().unwrap(),
+        );
+        if let Some(prev) = last.insert(p, o) {
+            assert!(o > prev, "partition {p}: offset {o} after {prev}");
+        }
+    }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resuming_mid_stream_gets_every_missed_order_once() {
+    let app = TestApp::ready(broker::shared()).await;
+    let mut first = app.stream("").await;
+    let early = place(&app, "lara", 10).await;
+    let seen = first.orders(4, Duration::from_secs(10)).await;
+    let resume_id = seen.last().unwrap().id.clone().unwrap();
+    drop(first);
+    let late = place(&app, "lara", 5).await;
+
+    let mut resumed =
+        SseStream::open_with_header(&app.http, &app.url("/orders/stream"), &resume_id).await;
+    let rest = resumed.orders(11, Duration::from_secs(15)).await;
+    assert_partition_order(&rest);
+    let mut expected: Vec<String> = early.into_iter().chain(late).collect();
+    for id in order_ids(&seen) {
+        expected.retain(|e| *e != id);
+    }
+    assert_eq!(
+        sorted(order_ids(&rest)),
+        sorted(expected),
+        "no gap, no duplicate"
+    );
+    assert!(
+        resumed
+            .next_event(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "nothing more"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_older_than_memory_is_read_from_kafka_and_joins_the_live_feed() {
+    // The hub remembers only 3 orders; the client resumes 9 orders back.
+    let app = TestApp::spawn(config(broker::shared(), &["--stream-replay", "3"])).await;
+    app.wait_ready(Duration::from_secs(30)).await;
+    let mut first = app.stream("").await;
+    let placed = place(&app, "lara", 10).await;
+    let seen = first.orders(10, Duration::from_secs(10)).await;
+    let resume_id = seen[0].id.clone().unwrap();
+
+    let mut resumed = app.stream(&format!("?last_event_id={resume_id}")).await;
+    let replayed = resumed.orders(9, Duration::from_secs(15)).await;
+    assert_partition_order(&replayed);
+    let after_first: Vec<String> = order_ids(&seen)[1..].to_vec();
+    assert_eq!(sorted(order_ids(&replayed)), sorted(after_first));
+    // The seam: a live order comes next, exactly once.
+    let live = place(&app, "lara", 1).await;
+    assert_eq!(
+        order_ids(&resumed.orders(1, Duration::from_secs(10)).await),
+        live
+    );
+    assert!(
+        resumed
+            .next_event(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    assert_eq!(placed.len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_true_starts_at_the_tail_and_filters_select_by_user_and_item() {
+    let app = TestApp::ready(broker::shared()).await;
+    // The live tail is what the tracker hands over after the client connects: wait until
+    // the old orders were tracked before connecting.
+    let mut probe = app.stream("").await;
+    place(&app, "old", 2).await;
+    probe.orders(2, Duration::from_secs(10)).await;
+    let mut live = app.stream("?live=true").await;
+    let mut alice = app.stream("?user=alice").await;
+    let mut alice_tea = app.stream("?user=alice&item=tea").await;
+    for (user, item) in [("bob", "tea"), ("alice", "cake"), ("alice", "tea")] {
+        let body = serde_json::json!({"user": user, "item": item, "quantity": 1});
+        assert_eq!(app.post_order(&body).await.status(), 202);
+    }
+    let users = |events: Vec<crate::helpers::sse::SseEvent>| -> Vec<(String, String)> {
+        events
+            .iter()
+            .map(|e| {
+                let d = e.json();
+                (
+                    d["user"].as_str().unwrap().to_owned(),
+                    d["item"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let all = users(live.orders(3, Duration::from_secs(10)).await);
+    assert!(
+        !all.iter().any(|(u, _)| u == "old"),
+        "live starts at the tail: {all:?}"
+    );
+    let mut of_alice = users(alice.orders(2, Duration::from_secs(10)).await);
+    of_alice.sort();
+    assert_eq!(
+        of_alice,
+        [
+            ("alice".into(), "cake".into()),
+            ("alice".into(), "tea".into())
+        ]
+    );
+    assert_eq!(
+        users(alice_tea.orders(1, Duration::from_secs(10)).await),
+        [("alice".into(), "tea".into())]
+    );
+    assert!(
+        alice_tea
+            .next_event(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_stream_resumes_with_its_filter() {
+    let app = TestApp::ready(broker::shared()).await;
+    let mut first = app.stream("?user=alice").await;
+    let mine = place(&app, "alice", 2).await;
+    place(&app, "bob", 2).await;
+    let seen = first.orders(2, Duration::from_secs(10)).await;
+    drop(first);
+    let bobs_later = place(&app, "bob", 1).await;
+    let alices_later = place(&app, "alice", 1).await;
+    let id = seen.last().unwrap().id.clone().unwrap();
+    let mut resumed = app.stream(&format!("?user=alice&last_event_id={id}")).await;
+    let next = resumed.orders(1, Duration::from_secs(10)).await;
+    assert_eq!(order_ids(&next), alices_later);
+    assert!(
+        resumed
+            .next_event(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "{bobs_later:?} filtered"
+    );
+    assert_eq!(sorted(order_ids(&seen)), sorted(mine));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_or_foreign_last_event_ids_are_400_problems() {
+    let app = TestApp::ready(broker::shared()).await;
+    let other_topic = {
+        let mut p = orders_gateway::domain::Position::default();
+        p.advance(0, 1);
+        p.encode("some-other-topic")
+    };
+    for id in ["not-an-id", "AAAA", other_topic.as_str()] {
+        let response = app
+            .http
+            .get(app.url("/orders/stream"))
+            .header("last-event-id", id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{id}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("last event id"),
+            "{problem}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_streams_a_client_gets_429_with_retry_after() {
+    let app = TestApp::spawn(config(broker::shared(), &["--max-streams", "2"])).await;
+    app.wait_ready(Duration::from_secs(30)).await;
+    let one = app.stream("").await;
+    let _two = app.stream("").await;
+    let response = app.get("/orders/stream").await;
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    drop(one);
+    eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async {
+            match app
+                .get("/orders/stream?limit=1&live=true")
+                .await
+                .status()
+                .as_u16()
+            {
+                200 => Ok(()),
+                status => Err(format!("a freed slot is still refused: {status}")),
+            }
+        },
+    )
+    .await;
 }

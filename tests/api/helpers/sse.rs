@@ -30,8 +30,16 @@ pub struct SseStream {
 
 impl SseStream {
     pub async fn open(http: &reqwest::Client, url: &str) -> Self {
-        let response = http
-            .get(url)
+        Self::opened(http.get(url)).await
+    }
+
+    /// Opens with a `Last-Event-ID` header, as EventSource does on reconnect.
+    pub async fn open_with_header(http: &reqwest::Client, url: &str, last_event_id: &str) -> Self {
+        Self::opened(http.get(url).header("last-event-id", last_event_id)).await
+    }
+
+    async fn opened(request: reqwest::RequestBuilder) -> Self {
+        let response = request
             .header("accept", "text/event-stream")
             .send()
             .await
