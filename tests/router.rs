@@ -469,3 +469,39 @@ async fn without_a_token_admin_views_are_local_only() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body["detail"].as_str().unwrap().contains("ADMIN_TOKEN"));
 }
+
+#[tokio::test]
+async fn the_live_page_is_served_at_the_root_without_outside_assets() {
+    let h = harness(FakePublisher::default(), 16);
+    let response = router(h.state.clone())
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(
+        response
+            .headers()
+            .contains_key(header::CONTENT_SECURITY_POLICY)
+    );
+    let html = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(html.contains("/orders/stream") && html.contains("EventSource"));
+    assert!(
+        !html.contains("src=\"http") && !html.contains("href=\"http"),
+        "no CDN asset"
+    );
+}

@@ -6,6 +6,7 @@ pub mod error;
 pub mod json;
 pub mod ops;
 pub mod orders;
+pub mod page;
 pub mod stream;
 pub mod stream_query;
 
@@ -86,6 +87,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::topic))
         .routes(routes!(admin::group))
         .routes(routes!(docs::openapi_document))
+        .routes(routes!(page::live_page))
 }
 
 /// The OpenAPI document of the API.
