@@ -28,8 +28,8 @@ pub struct HistoryError(pub String);
 
 /// Reads the topic's history.
 pub trait History: Send + Sync + 'static {
-    /// For every partition, the offset of the first record stamped at or after `at`; a
-    /// partition with no such record is absent.
+    /// For every partition, the offset of the first record stamped at or after `at`; for a
+    /// partition with no such record, its end.
     fn position_at(&self, at: SystemTime) -> BoxFuture<'_, Result<Position, HistoryError>>;
 
     /// Streams everything from `from` (inclusive) up to `to` (exclusive) for every partition

@@ -119,6 +119,12 @@ impl Hub {
         true
     }
 
+    /// Moves past a record that is not an order, so the position (which is committed for
+    /// the group) does not stop before it.
+    pub fn pass(&self, partition: i32, offset: i64) {
+        self.lock().position.advance(partition, offset);
+    }
+
     /// Forgets every position and kept order: the topic was recreated, so its offsets
     /// start again at 0.
     pub fn reset(&self) {
@@ -183,6 +189,19 @@ impl Hub {
             }
         };
         (catchup, self.subscribe())
+    }
+
+    /// Per partition, the offset of the first kept order stamped at or after `since`.
+    pub fn first_since(&self, since: SystemTime) -> Position {
+        let inner = self.lock();
+        let mut first = Position::default();
+        for event in inner.recent.iter().filter(|e| e.order.at >= since) {
+            let (p, o) = (event.order.partition, event.order.offset);
+            if first.next_offset(p).is_none() {
+                first.restart(p, o);
+            }
+        }
+        first
     }
 
     /// How many subscribers are connected.

@@ -106,10 +106,10 @@ pub async fn stream_orders(
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManyStreams)?;
-    let from = match start {
+    let from = match &start {
         Start::Live => None,
-        Start::After(position) => Some(position),
-        Start::Since(at) => Some(since_position(&state, at).await?),
+        Start::After(position) => Some(position.clone()),
+        Start::Since(at) => Some(since_position(&state, *at).await?),
     };
     let (catchup, subscription) = match &from {
         None => (Catchup::Memory(Vec::new()), state.hub.subscribe()),
@@ -128,6 +128,7 @@ pub async fn stream_orders(
     let feed = Feed {
         topic: state.hub.topic().to_owned(),
         query,
+        start,
         backlog,
         replay,
         position: from,
@@ -150,14 +151,24 @@ pub async fn stream_orders(
     ))
 }
 
-/// The position of the first orders at or after `at`; partitions with none start where
-/// the hub is, so nothing older is replayed.
+/// The position of the first orders at or after `at`: the topic's answer, moved back to
+/// any earlier order the hub still holds from that time, because brokers answer
+/// offsets_for_times loosely (the embedded broker does not look at times at all).
+/// Orders stamped before `at` are filtered out on the way, so starting early is harmless.
 async fn since_position(state: &AppState, at: std::time::SystemTime) -> Result<Position, ApiError> {
     let mut position = state
         .history
         .position_at(at)
         .await
         .map_err(|e| ApiError::HistoryUnavailable(e.0))?;
+    for (partition, first) in state.hub.first_since(at).iter() {
+        if position
+            .next_offset(partition)
+            .is_none_or(|next| first < next)
+        {
+            position.restart(partition, first);
+        }
+    }
     for (partition, next) in state.hub.position().iter() {
         if position.next_offset(partition).is_none() {
             position.restart(partition, next);
@@ -176,6 +187,7 @@ enum Phase {
 struct Feed {
     topic: String,
     query: StreamQuery,
+    start: Start,
     /// Missed orders still in memory, sent first.
     backlog: VecDeque<Arc<StreamEvent>>,
     /// Missed orders read from the topic, sent first.
@@ -287,7 +299,7 @@ impl Feed {
                 id
             }
         };
-        if !self.query.wants(&order.user, &order.item) {
+        if !self.wants(order) {
             return Step::Pass;
         }
         self.send_order(id, &event.data)
@@ -299,10 +311,10 @@ impl Feed {
         match item {
             Replayed::Order(order) => {
                 position.advance(order.partition, order.offset);
-                if !self.query.wants(&order.user, &order.item) {
+                let id = position.encode(&self.topic);
+                if !self.wants(&order) {
                     return Step::Pass;
                 }
-                let id = position.encode(&self.topic);
                 // A struct of strings and integers always serialises.
                 let data = serde_json::to_string(&order).unwrap_or_default();
                 self.send_order(id, &data)
@@ -329,6 +341,14 @@ impl Feed {
                 Step::Send(Event::default().event("gap").id(id).data(json(&gap)))
             }
         }
+    }
+
+    /// Whether the client asked for this order: its filters, and for a `since` start the
+    /// record timestamp itself (a broker's offsets_for_times may start a little early;
+    /// Tansu answers with the partition's beginning).
+    fn wants(&self, order: &TrackedOrder) -> bool {
+        self.query.wants(&order.user, &order.item)
+            && !matches!(self.start, Start::Since(since) if order.at < since)
     }
 
     fn send_order(&mut self, id: String, data: &str) -> Step {

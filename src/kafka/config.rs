@@ -61,22 +61,32 @@ impl ClientSettings {
         self.finish(c)
     }
 
-    /// The tracker's consumer in the `order-tracker` group.
+    /// The tracker's member of the `order-tracker` group: it only holds partitions and
+    /// commits the hub's progress for them; the feed does the reading.
     pub(crate) fn tracker(&self, group_id: &str) -> ClientConfig {
         let mut c = self.base("orders-gateway-tracker");
         c.set("group.id", group_id)
-            // The original tracker.py read the topic from the beginning for a new group.
-            .set("auto.offset.reset", "earliest")
-            // At-least-once: an offset is stored only after its order was handed to the hub;
-            // stored offsets are committed in the background and once more on shutdown.
+            // Commits are explicit: the hub's position, after the hub took each order.
+            .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
             // A group join takes about session.timeout.ms / 2. 6 s is the smallest session
             // Kafka accepts by default (group.min.session.timeout.ms) and joins in ~3 s
             // instead of ~23 s with librdkafka's 45 s default.
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
+            .set("reconnect.backoff.max.ms", "1000");
+        self.finish(c)
+    }
+
+    /// The tracker's feed: reads every partition by assignment. It carries the group id only
+    /// to read the group's committed offsets as its start; it never joins or commits.
+    pub(crate) fn feed(&self, group_id: &str) -> ClientConfig {
+        let mut c = self.base("orders-gateway-feed");
+        c.set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // The original tracker.py read the topic from the beginning for a new group.
+            .set("auto.offset.reset", "earliest")
             .set("reconnect.backoff.max.ms", "1000");
         self.finish(c)
     }

@@ -120,10 +120,14 @@ fn position_at(reader: &BaseConsumer, topic: &str, at: SystemTime) -> Result<Pos
     let found = reader.offsets_for_times(tpl, TIMEOUT)?;
     let mut position = Position::default();
     for element in found.elements_for_topic(topic) {
-        // End, or no offset: nothing at or after `at` in this partition.
-        if let Offset::Offset(offset) = element.offset() {
-            // The position after offset - 1 is the next offset `offset` itself.
-            position.advance(element.partition(), offset - 1);
+        let partition = element.partition();
+        match element.offset() {
+            Offset::Offset(offset) => position.restart(partition, offset),
+            // Nothing at or after `at` in this partition: start at its end.
+            _ => position.restart(
+                partition,
+                reader.fetch_watermarks(topic, partition, TIMEOUT)?.1,
+            ),
         }
     }
     Ok(position)

@@ -1,5 +1,12 @@
-//! The tracker: a consumer in group `order-tracker` that hands every order it reads to the
-//! hub and commits only what the hub has taken (at-least-once).
+//! The tracker. Two consumers with one job each:
+//!
+//! - the *feed* reads every partition of the topic (assigned, not subscribed) and hands
+//!   each order to the hub, so every gateway replica streams every order;
+//! - the *member* belongs to the group `order-tracker`. It never fetches (its partitions
+//!   stay paused); it commits, for the partitions the group gave it, how far this replica's
+//!   hub has got. Operators see the group's progress and lag as before, replicas share the
+//!   partitions, and a restarted replica's feed starts from the group's committed offsets
+//!   (at-least-once: committed only after the hub took the order).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,8 +16,8 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::topic_partition_list::TopicPartitionList;
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::topic_partition_list::{TopicPartitionList, TopicPartitionListElem};
+use rdkafka::{ClientConfig, ClientContext, Offset};
 use tokio_util::sync::CancellationToken;
 
 use super::ClientSettings;
@@ -19,19 +26,26 @@ use crate::domain::TrackedOrder;
 use crate::hub::Hub;
 use crate::readiness::Readiness;
 
-/// Logs rebalances and commits, and tells readiness whether the tracker holds partitions.
+/// How often the member commits the hub's progress and measures lag.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest one blocking broker call of the tracker may take.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Logs client errors; for the member also rebalances and commits.
 pub struct TrackerContext {
     readiness: Arc<Readiness>,
+    role: &'static str,
 }
 
 impl ClientContext for TrackerContext {
     fn error(&self, error: KafkaError, reason: &str) {
         // The first sign of an outage, seconds before the supervisor's next probe: the
-        // tracker pauses at once (see `Tracker::follow_broker`).
+        // feed pauses at once (see `Tracker::follow_broker`).
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.readiness.set_broker(false);
         }
-        tracing::warn!(%error, reason, "tracker: Kafka client error");
+        tracing::warn!(%error, reason, role = self.role, "tracker: Kafka client error");
     }
 }
 
@@ -41,21 +55,16 @@ impl ConsumerContext for TrackerContext {
             Rebalance::Assign(tpl) => {
                 metrics::counter!("orders_gateway_tracker_rebalances_total", "kind" => "assign")
                     .increment(1);
-                tracing::info!(partitions = %partitions(tpl), "tracker: partitions assigned");
-                let checks = self.readiness.checks();
-                if !(checks.broker && checks.topic) {
-                    // Assigned while the topic is not confirmed: wait like the rest.
-                    if let Err(error) = consumer.pause(tpl) {
-                        tracing::warn!(%error, "tracker: could not pause new partitions");
-                    }
+                tracing::info!(partitions = %partitions(tpl), "tracker: group assigned partitions");
+                // The member only commits; the feed does the reading.
+                if let Err(error) = consumer.pause(tpl) {
+                    tracing::warn!(%error, "tracker: could not pause the member");
                 }
-                self.readiness.set_tracker(tpl.count() > 0);
             }
             Rebalance::Revoke(tpl) => {
                 metrics::counter!("orders_gateway_tracker_rebalances_total", "kind" => "revoke")
                     .increment(1);
-                tracing::info!(partitions = %partitions(tpl), "tracker: partitions revoked");
-                self.readiness.set_tracker(false);
+                tracing::info!(partitions = %partitions(tpl), "tracker: group revoked partitions");
             }
             Rebalance::Error(error) => {
                 metrics::counter!("orders_gateway_tracker_rebalances_total", "kind" => "error")
@@ -68,7 +77,6 @@ impl ConsumerContext for TrackerContext {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => tracing::debug!(offsets = %partitions(offsets), "tracker: committed"),
-            // Nothing new to commit since the last time: not a problem.
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => tracing::warn!(%error, "tracker: commit failed"),
         }
@@ -87,20 +95,17 @@ fn partitions(tpl: &TopicPartitionList) -> String {
     parts.join(",")
 }
 
-/// The tracker's consumer, created before it runs so configuration errors stop start-up.
+type Client = StreamConsumer<TrackerContext>;
+
+/// The tracker's consumers, created before they run so configuration errors stop start-up.
 pub struct Tracker {
-    /// Shared with the blocking lag probe.
-    consumer: Arc<StreamConsumer<TrackerContext>>,
-    /// To build a new consumer after the topic was recreated.
-    config: ClientConfig,
+    feed: Arc<Client>,
+    member: Arc<Client>,
+    /// To build a new feed after the topic was recreated.
+    feed_config: ClientConfig,
     topic: String,
     readiness: Arc<Readiness>,
 }
-
-/// How often consumer lag is measured for /metrics.
-const LAG_INTERVAL: Duration = Duration::from_secs(5);
-/// Longest a lag probe may block on the broker.
-const LAG_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Tracker {
     pub fn new(
@@ -109,46 +114,32 @@ impl Tracker {
         group_id: &str,
         readiness: Arc<Readiness>,
     ) -> Result<Self, KafkaError> {
-        let config = settings.tracker(group_id);
-        let consumer = Arc::new(config.create_with_context(TrackerContext {
+        let feed_config = settings.feed(group_id);
+        let context = |role| TrackerContext {
             readiness: readiness.clone(),
-        })?);
+            role,
+        };
+        let feed = Arc::new(feed_config.create_with_context(context("feed"))?);
+        let member = Arc::new(
+            settings
+                .tracker(group_id)
+                .create_with_context(context("member"))?,
+        );
         Ok(Self {
-            consumer,
-            config,
+            feed,
+            member,
+            feed_config,
             topic: topic.to_owned(),
             readiness,
         })
     }
 
-    /// Starts over with a new consumer, for a topic that was created again: the old one
-    /// holds fetch positions and leader state of a topic that no longer exists, and a
-    /// broker that lost everything answers its fetches with leader hints that librdkafka
-    /// 2.12 mishandles (see `follow_broker`). The old consumer leaves the group and closes
-    /// completely first, so the group does not wait for it to rejoin.
-    async fn renew(&mut self) -> Result<(), KafkaError> {
-        let fresh: StreamConsumer<TrackerContext> =
-            self.config.create_with_context(TrackerContext {
-                readiness: self.readiness.clone(),
-            })?;
-        let old = std::mem::replace(&mut self.consumer, Arc::new(fresh));
-        let closed = tokio::task::spawn_blocking(move || {
-            old.unsubscribe();
-            drop(old);
-        })
-        .await;
-        if let Err(error) = closed {
-            tracing::warn!(%error, "tracker: closing the old consumer failed");
-        }
-        self.consumer.subscribe(&[&self.topic])?;
-        tracing::warn!(topic = %self.topic, "tracker: renewed for the recreated topic");
-        Ok(())
-    }
-
-    /// Feeds the hub until `cancel`, then commits what the hub has taken.
+    /// Feeds the hub until `cancel`, committing its progress for the group all along and
+    /// once more at the end.
     pub async fn run(mut self, hub: Arc<Hub>, cancel: CancellationToken) -> Result<(), KafkaError> {
-        self.consumer.subscribe(&[&self.topic])?;
-        tracing::info!(topic = %self.topic, "tracker: subscribed");
+        self.member.subscribe(&[&self.topic])?;
+        self.assign_all().await?;
+        let mut commit_timer = tokio::time::interval(COMMIT_INTERVAL);
         let mut lag_timer = tokio::time::interval(LAG_INTERVAL);
         let mut checks = self.readiness.watch();
         let mut generation = checks.borrow().topic_generation;
@@ -156,24 +147,30 @@ impl Tracker {
         loop {
             let message = tokio::select! {
                 () = cancel.cancelled() => break,
+                _ = commit_timer.tick() => {
+                    self.commit(&hub, CommitMode::Async).await;
+                    continue;
+                }
                 _ = lag_timer.tick() => {
                     self.record_lag();
                     continue;
                 }
+                // Serves the member's group protocol; it never yields records (paused).
+                _ = self.member.recv() => continue,
                 Ok(()) = checks.changed() => {
                     let now = *checks.borrow_and_update();
                     if now.topic_generation != generation {
                         generation = now.topic_generation;
-                        self.renew().await?;
+                        self.renew_feed().await?;
                         paused = false;
                     }
                     paused = self.follow_broker(now.broker && now.topic, paused);
                     continue;
                 }
-                message = self.consumer.recv() => message,
+                message = self.feed.recv() => message,
             };
             match message {
-                Ok(message) => self.handle(&message, &hub),
+                Ok(message) => handle(&message, &hub),
                 Err(error) => {
                     tracing::warn!(%error, "tracker: receive failed");
                     // Errors come back at once while the broker is away; don't spin on them.
@@ -181,43 +178,88 @@ impl Tracker {
                 }
             }
         }
+        self.commit(&hub, CommitMode::Sync).await;
         self.close().await;
         Ok(())
     }
 
+    /// Assigns the feed every partition, each at the group's committed offset (the start
+    /// for a new group, like `tracker.py`'s `auto.offset.reset=earliest`).
+    async fn assign_all(&self) -> Result<(), KafkaError> {
+        let (feed, topic) = (self.feed.clone(), self.topic.clone());
+        let assigned = tokio::task::spawn_blocking(move || {
+            let metadata = feed.fetch_metadata(Some(&topic), TIMEOUT)?;
+            let mut tpl = TopicPartitionList::new();
+            for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+                for p in t.partitions() {
+                    tpl.add_partition(&topic, p.id());
+                }
+            }
+            let mut start = feed.committed_offsets(tpl, TIMEOUT)?;
+            let parts: Vec<i32> = start
+                .elements()
+                .iter()
+                .map(TopicPartitionListElem::partition)
+                .collect();
+            for partition in parts {
+                let committed = start.find_partition(&topic, partition).map(|e| e.offset());
+                if !matches!(committed, Some(Offset::Offset(_))) {
+                    start.set_partition_offset(&topic, partition, Offset::Beginning)?;
+                }
+            }
+            feed.assign(&start)?;
+            Ok::<_, KafkaError>(start)
+        })
+        .await
+        .map_err(|e| KafkaError::Subscription(e.to_string()))??;
+        tracing::info!(partitions = %partitions(&assigned), "tracker: feed reads every partition");
+        self.readiness.set_tracker(assigned.count() > 0);
+        Ok(())
+    }
+
+    /// Starts the feed over for a topic that was created again: the old feed holds fetch
+    /// positions and leader state of a topic that no longer exists.
+    async fn renew_feed(&mut self) -> Result<(), KafkaError> {
+        let fresh: Client = self.feed_config.create_with_context(TrackerContext {
+            readiness: self.readiness.clone(),
+            role: "feed",
+        })?;
+        let old = std::mem::replace(&mut self.feed, Arc::new(fresh));
+        tokio::task::spawn_blocking(move || drop(old));
+        self.assign_all().await?;
+        tracing::warn!(topic = %self.topic, "tracker: feed restarted for the recreated topic");
+        Ok(())
+    }
+
     /// Fetches only while the broker is reachable and the topic confirmed; returns whether
-    /// the tracker is paused now.
+    /// the feed is paused now.
     ///
     /// Why: a broker that lost its state (Tansu without persistent storage, after a
     /// restart) answers the first fetches with leader hints that carry neither topic name
     /// nor id, and librdkafka 2.12 dereferences the missing name and crashes (upstream
     /// issue 5280). Pausing on the first outage signal and resuming once the supervisor has
-    /// seen (or recreated) the topic keeps the tracker away from that window. Kafka itself
+    /// seen (or recreated) the topic keeps the feed away from that window. Kafka itself
     /// always sends topic ids, so this only costs an idle pause there.
     fn follow_broker(&self, usable: bool, paused: bool) -> bool {
         if usable != paused {
             return paused;
         }
-        let Ok(assignment) = self.consumer.assignment() else {
+        let Ok(assignment) = self.feed.assignment() else {
             return paused;
         };
         let result = if usable {
-            self.consumer.resume(&assignment)
+            self.feed.resume(&assignment)
         } else {
-            self.consumer.pause(&assignment)
+            self.feed.pause(&assignment)
         };
         match result {
+            Ok(()) if usable => {
+                tracing::info!("tracker: feed resumed");
+                false
+            }
             Ok(()) => {
-                tracing::info!(
-                    usable,
-                    "tracker: {}",
-                    if usable {
-                        "resumed"
-                    } else {
-                        "paused until the broker and topic are back"
-                    }
-                );
-                !usable
+                tracing::info!("tracker: feed paused until the broker and topic are back");
+                true
             }
             Err(error) => {
                 tracing::warn!(%error, "tracker: pause/resume failed");
@@ -226,45 +268,46 @@ impl Tracker {
         }
     }
 
-    fn handle(&self, message: &BorrowedMessage<'_>, hub: &Hub) {
-        let (partition, offset) = (message.partition(), message.offset());
-        let when = timestamp(message.timestamp()).unwrap_or_else(SystemTime::now);
-        match TrackedOrder::from_record(
-            message.payload().unwrap_or_default(),
-            partition,
-            offset,
-            when,
-        ) {
-            Ok(order) => {
-                metrics::counter!("orders_gateway_tracker_records_total").increment(1);
-                if !hub.publish(order) {
-                    tracing::debug!(partition, offset, "tracker: skipped a redelivered record");
+    /// Commits, for the partitions the group gave this replica, the hub's position: every
+    /// order before it was handed to the hub.
+    async fn commit(&self, hub: &Hub, mode: CommitMode) {
+        let (member, topic) = (self.member.clone(), self.topic.clone());
+        let position = hub.position();
+        let committed = tokio::task::spawn_blocking(move || {
+            let assignment = member.assignment()?;
+            let mut tpl = TopicPartitionList::new();
+            for element in assignment.elements_for_topic(&topic) {
+                if let Some(next) = position.next_offset(element.partition()) {
+                    tpl.add_partition_offset(&topic, element.partition(), Offset::Offset(next))?;
                 }
             }
-            Err(error) => {
-                metrics::counter!("orders_gateway_tracker_poison_records_total").increment(1);
-                tracing::warn!(partition, offset, %error, "tracker: skipped a record that is not an order");
+            if tpl.count() == 0 {
+                return Ok(());
             }
-        }
-        // The hub has the order (or it was skipped as poison): only now may it be committed.
-        if let Err(error) = self.consumer.store_offset_from_message(message) {
-            tracing::warn!(partition, offset, %error, "tracker: could not store offset");
+            member.commit(&tpl, mode)
+        })
+        .await;
+        match committed {
+            Ok(Ok(())) if matches!(mode, CommitMode::Sync) => {
+                tracing::info!("tracker: committed on shutdown");
+            }
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "tracker: commit failed"),
+            Err(error) => tracing::warn!(%error, "tracker: commit task failed"),
         }
     }
 
-    /// Publishes `orders_gateway_tracker_lag{partition}`: high watermark minus committed
-    /// offset, per assigned partition. Runs in the background: both lookups block.
+    /// Publishes `orders_gateway_tracker_lag{partition}`: high watermark minus the group's
+    /// committed offset, for this replica's partitions. Runs in the background: it blocks.
     fn record_lag(&self) {
-        let consumer = self.consumer.clone();
-        let topic = self.topic.clone();
+        let (member, topic) = (self.member.clone(), self.topic.clone());
         tokio::task::spawn_blocking(move || {
-            let Ok(committed) = consumer.committed(LAG_TIMEOUT) else {
+            let Ok(committed) = member.committed(TIMEOUT) else {
                 return;
             };
             for element in committed.elements_for_topic(&topic) {
                 let partition = element.partition();
-                let Ok((_, high)) = consumer.fetch_watermarks(&topic, partition, LAG_TIMEOUT)
-                else {
+                let Ok((_, high)) = member.fetch_watermarks(&topic, partition, TIMEOUT) else {
                     continue;
                 };
                 // Nothing committed yet: the whole partition is still to be tracked.
@@ -276,20 +319,42 @@ impl Tracker {
         });
     }
 
-    /// Commits stored offsets and leaves the group; both block, so off the runtime threads.
+    /// Leaves the group and closes both consumers; both block, so off the runtime threads.
     async fn close(self) {
-        let consumer = self.consumer;
+        let (member, feed) = (self.member, self.feed);
         let closed = tokio::task::spawn_blocking(move || {
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) => tracing::info!("tracker: committed on shutdown"),
-                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(error) => tracing::warn!(%error, "tracker: commit on shutdown failed"),
-            }
-            consumer.unsubscribe();
+            member.unsubscribe();
+            drop(member);
+            drop(feed);
         })
         .await;
         if let Err(error) = closed {
             tracing::warn!(%error, "tracker: close task failed");
+        }
+    }
+}
+
+fn handle(message: &BorrowedMessage<'_>, hub: &Hub) {
+    let (partition, offset) = (message.partition(), message.offset());
+    let when = timestamp(message.timestamp()).unwrap_or_else(SystemTime::now);
+    match TrackedOrder::from_record(
+        message.payload().unwrap_or_default(),
+        partition,
+        offset,
+        when,
+    ) {
+        Ok(order) => {
+            metrics::counter!("orders_gateway_tracker_records_total").increment(1);
+            if !hub.publish(order) {
+                tracing::debug!(partition, offset, "tracker: skipped a redelivered record");
+            }
+        }
+        Err(error) => {
+            metrics::counter!("orders_gateway_tracker_poison_records_total").increment(1);
+            tracing::warn!(partition, offset, %error, "tracker: skipped a record that is not an order");
+            // Poison records pass too: the hub's position, which the member commits, must
+            // move past them.
+            hub.pass(partition, offset);
         }
     }
 }

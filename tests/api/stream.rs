@@ -407,3 +407,39 @@ async fn beyond_max_streams_a_client_gets_429_with_retry_after() {
     )
     .await;
 }
+
+/// Two gateways, one broker, default settings: a client on either replica sees every
+/// order, whichever replica accepted it, and the group keeps committing the progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_each_stream_every_order_and_share_the_group() {
+    let shared = config(broker::shared(), &[]);
+    let a = TestApp::spawn(shared.clone()).await;
+    let b = TestApp::spawn(shared).await;
+    a.wait_ready(Duration::from_secs(30)).await;
+    b.wait_ready(Duration::from_secs(30)).await;
+    let mut on_a = a.stream("").await;
+    let mut on_b = b.stream("").await;
+
+    let mut placed = Vec::new();
+    for i in 0..6 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        placed.extend(place(via, &format!("u{i}"), 1).await);
+    }
+    let seen_a = order_ids(&on_a.orders(6, Duration::from_secs(15)).await);
+    let seen_b = order_ids(&on_b.orders(6, Duration::from_secs(15)).await);
+    assert_eq!(sorted(seen_a), sorted(placed.clone()));
+    assert_eq!(sorted(seen_b), sorted(placed));
+
+    let (topic, group) = (a.topic().to_owned(), a.config.tracker_group_id.clone());
+    eventually(
+        Duration::from_secs(15),
+        Duration::from_millis(300),
+        || async {
+            match kafka::committed_total(broker::shared(), &group, &topic, 3) {
+                6 => Ok(()),
+                committed => Err(format!("the group committed {committed} of 6")),
+            }
+        },
+    )
+    .await;
+}
