@@ -6,6 +6,7 @@
 #   2. deployment checks: compose file parsed and validated, Dockerfile linted
 #   3. contract checks against a live gateway on a real broker: OpenAPI validation,
 #      httpyac (.http files), newman (Postman collection), schemathesis
+#   4. the live page in a real browser (Debian Chromium + playwright-core, node --test)
 #
 # Everything is installed into project-local, git-ignored folders (.tools/, node_modules/).
 set -euo pipefail
@@ -47,5 +48,8 @@ for _ in $(seq 1 300); do
 done
 curl -fsS -o /dev/null "$base/readyz" || { echo "gateway not ready; see $logs" >&2; exit 1; }
 bash scripts/check-contract.sh "$base"
+
+step "the live page in a real browser"
+GATEWAY_BIN="$root/target/debug/orders-gateway" bash scripts/check-browser.sh
 
 step "all tests passed"

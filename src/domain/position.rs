@@ -251,3 +251,40 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn positions() -> impl Strategy<Value = Position> {
+        proptest::collection::btree_map(0..10_000i32, 0..i64::MAX, 0..64)
+            .prop_map(|next| Position { next })
+    }
+
+    proptest! {
+        #[test]
+        fn every_position_round_trips_through_its_id(p in positions(), topic in "[a-zA-Z0-9._-]{1,40}") {
+            let id = p.encode(&topic);
+            prop_assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            prop_assert_eq!(Position::decode(&id, &topic), Ok(p));
+        }
+
+        #[test]
+        fn arbitrary_text_is_rejected_unless_it_is_a_canonical_id(id in ".{0,64}") {
+            if let Ok(p) = Position::decode(&id, "orders") {
+                prop_assert_eq!(p.encode("orders"), id);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_as_ids_are_decoded_or_rejected_consistently(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let id = URL_SAFE_NO_PAD.encode(&bytes);
+            if let Ok(p) = Position::decode(&id, "orders") {
+                // Whatever decodes re-encodes to the very same id: one spelling per position.
+                prop_assert_eq!(p.encode("orders"), id);
+            }
+        }
+    }
+}

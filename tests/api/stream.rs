@@ -443,3 +443,130 @@ async fn two_replicas_each_stream_every_order_and_share_the_group() {
     )
     .await;
 }
+
+/// Opens the stream over a socket with a tiny receive window and reads nothing until
+/// `read_all`: a client on a slow network.
+async fn stalled_client(app: &TestApp, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Everything the server sent until it closed, as SSE events (chunked encoding undone).
+async fn read_all(mut stream: tokio::net::TcpStream) -> Vec<crate::helpers::sse::SseEvent> {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let done = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    assert!(
+        done.is_ok(),
+        "the stalled stream did not end: {} bytes, {} orders, {} overflow events",
+        raw.len(),
+        text.matches("event: order").count(),
+        text.matches("event: overflow").count()
+    );
+    let (head, mut chunked) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = String::new();
+    while let Some((size, rest)) = chunked.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        body.push_str(&rest[..size]);
+        chunked = &rest[size + 2..];
+    }
+    body.split("\n\n")
+        .map(crate::helpers::sse::parse)
+        .filter(|e| !e.event.is_empty())
+        .collect()
+}
+
+/// Thousands of orders: a client that cannot keep up is told so with the id to resume
+/// from, while the fast client beside it gets every order; resuming from that id (read
+/// from Kafka, as memory holds only 100) completes the slow client's set with no gap and
+/// no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_beside_a_fast_one_loses_nothing_under_3000_orders() {
+    const N: usize = 3000;
+    // Accepted sockets inherit the listener's small send buffer, so the kernel cannot hide a
+    // slow reader behind megabytes of loopback buffering (its autotuning would).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(8192).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1024).unwrap();
+    let app = TestApp::spawn_on(
+        config(broker::shared(), &["--stream-replay", "100"]),
+        listener,
+    )
+    .await;
+    app.wait_ready(Duration::from_secs(30)).await;
+    let mut fast = app.stream("").await;
+    // The fast client reads as orders arrive.
+    let fast =
+        tokio::spawn(async move { order_ids(&fast.orders(N, Duration::from_secs(90)).await) });
+    let slow = stalled_client(&app, "/orders/stream").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let workers = (0..8).map(|w| {
+        let (http, url) = (app.http.clone(), app.url("/orders"));
+        tokio::spawn(async move {
+            for i in 0..N / 8 {
+                let response = http
+                    .post(&url)
+                    .json(&order(&format!("w{w}-{i}")))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 202);
+            }
+        })
+    });
+    for worker in futures_util::future::join_all(workers).await {
+        worker.unwrap();
+    }
+    let all = fast.await.unwrap();
+    assert_eq!(
+        all.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        N
+    );
+
+    let events = read_all(slow).await;
+    let (orders, rest): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.event == "order");
+    assert_eq!(
+        rest.len(),
+        1,
+        "one overflow event, then the stream closed: {rest:?}"
+    );
+    assert_eq!(rest[0].event, "overflow");
+    let overflow = rest[0].json();
+    assert!(overflow["missed"].as_u64().unwrap() > 0, "{overflow}");
+    assert_eq!(
+        overflow["last_event_id"].as_str(),
+        orders.last().and_then(|e| e.id.as_deref())
+    );
+
+    let resume = overflow["last_event_id"]
+        .as_str()
+        .map_or(String::new(), |id| format!("?last_event_id={id}"));
+    let mut resumed = app.stream(&resume).await;
+    let caught_up = resumed
+        .orders(N - orders.len(), Duration::from_secs(60))
+        .await;
+    assert_partition_order(&caught_up);
+    let mut slow_total = order_ids(&orders);
+    slow_total.extend(order_ids(&caught_up));
+    assert_eq!(sorted(slow_total), sorted(all), "no gap, no duplicate");
+    assert!(
+        resumed
+            .next_event(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+}

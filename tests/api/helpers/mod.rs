@@ -68,10 +68,15 @@ impl TestApp {
 
     /// Starts a gateway with `config` without waiting for readiness.
     pub async fn spawn(config: Config) -> Self {
-        init_logs();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        Self::spawn_on(config, listener).await
+    }
+
+    /// Starts a gateway serving `listener` (a test may shape its sockets).
+    pub async fn spawn_on(config: Config, listener: tokio::net::TcpListener) -> Self {
+        init_logs();
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(orders_gateway::run(config.clone(), listener, async {

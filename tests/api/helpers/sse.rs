@@ -111,7 +111,7 @@ impl SseStream {
     }
 }
 
-fn parse(block: &str) -> SseEvent {
+pub fn parse(block: &str) -> SseEvent {
     let mut event = SseEvent::default();
     for line in block.lines() {
         if let Some(comment) = line.strip_prefix(':') {
