@@ -136,6 +136,21 @@ async fn send(
     (parts.status, parts.headers, value)
 }
 
+/// GETs `path` and returns the status, headers and body text.
+async fn get_text(state: &AppState, path: &str) -> (StatusCode, axum::http::HeaderMap, String) {
+    let response = router(state.clone())
+        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8(bytes.to_vec()).unwrap(),
+    )
+}
+
 fn tracked(offset: i64) -> TrackedOrder {
     TrackedOrder {
         order_id: format!("o{offset}"),
@@ -388,33 +403,16 @@ async fn a_body_over_64_kib_is_413_even_without_content_length() {
 #[tokio::test]
 async fn the_served_openapi_document_is_the_generated_one() {
     let h = harness(FakePublisher::default(), 16);
-    let response = router(h.state.clone())
-        .oneshot(Request::get("/openapi.json").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(bytes, orders_gateway::http::docs::openapi_json().as_bytes());
+    let (_, headers, body) = get_text(&h.state, "/openapi.json").await;
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    assert_eq!(body, orders_gateway::http::docs::openapi_json());
 }
 
 #[tokio::test]
 async fn the_docs_page_is_served_from_the_binary() {
     let h = harness(FakePublisher::default(), 16);
-    let response = router(h.state.clone())
-        .oneshot(Request::get("/docs/").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let html = String::from_utf8(
-        response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let (status, _, html) = get_text(&h.state, "/docs/").await;
+    assert_eq!(status, StatusCode::OK);
     assert!(
         html.contains("swagger-ui-bundle.js") && !html.contains("http"),
         "no CDN asset: {html}"
@@ -473,32 +471,15 @@ async fn without_a_token_admin_views_are_local_only() {
 #[tokio::test]
 async fn the_live_page_is_served_at_the_root_without_outside_assets() {
     let h = harness(FakePublisher::default(), 16);
-    let response = router(h.state.clone())
-        .oneshot(Request::get("/").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    let (status, headers, html) = get_text(&h.state, "/").await;
+    assert_eq!(status, StatusCode::OK);
     assert!(
-        response.headers()[header::CONTENT_TYPE]
+        headers[header::CONTENT_TYPE]
             .to_str()
             .unwrap()
             .starts_with("text/html")
     );
-    assert!(
-        response
-            .headers()
-            .contains_key(header::CONTENT_SECURITY_POLICY)
-    );
-    let html = String::from_utf8(
-        response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    assert!(headers.contains_key(header::CONTENT_SECURITY_POLICY));
     assert!(html.contains("/orders/stream") && html.contains("EventSource"));
     assert!(
         !html.contains("src=\"http") && !html.contains("href=\"http"),

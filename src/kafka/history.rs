@@ -147,17 +147,9 @@ fn replay(
     for (partition, end) in to.iter() {
         let mut start = from.next_offset(partition).unwrap_or(0);
         let (low, high) = reader.fetch_watermarks(topic, partition, TIMEOUT)?;
-        if start > high.max(end) {
-            // Beyond the end of the partition: the topic was recreated under the client.
-            if !send(Replayed::Gap {
-                partition,
-                from: start,
-                to: low,
-            }) {
-                return Ok(());
-            }
-            start = low;
-        } else if start < low {
+        // Older than the partition still holds (retention), or beyond its end (the topic
+        // was recreated under the client): say so, and go on from what is there.
+        if start < low || start > high.max(end) {
             if !send(Replayed::Gap {
                 partition,
                 from: start,
