@@ -33,7 +33,8 @@ pub trait History: Send + Sync + 'static {
     fn position_at(&self, at: SystemTime) -> BoxFuture<'_, Result<Position, HistoryError>>;
 
     /// Streams everything from `from` (inclusive) up to `to` (exclusive) for every partition
-    /// of `to`; a partition absent from `from` starts at its beginning. The receiver's
+    /// of `to`; a partition absent from `from` starts at its beginning, one absent from `to`
+    /// is read up to its current end. The receiver's
     /// bound is the client's buffer: a slow client slows only its own replay.
     fn replay(
         &self,

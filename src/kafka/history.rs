@@ -144,9 +144,16 @@ fn replay(
     let send = |item: Replayed| tx.blocking_send(Ok(item)).is_ok();
     let mut tpl = TopicPartitionList::new();
     let mut remaining = BTreeMap::new();
-    for (partition, end) in to.iter() {
+    // Partitions the hub has not seen yet (`from` only) are checked too, up to their end:
+    // a client's position there may belong to a topic that no longer exists.
+    let mut ranges: BTreeMap<i32, Option<i64>> = to.iter().map(|(p, end)| (p, Some(end))).collect();
+    for (partition, _) in from.iter() {
+        ranges.entry(partition).or_insert(None);
+    }
+    for (partition, end) in ranges {
         let mut start = from.next_offset(partition).unwrap_or(0);
         let (low, high) = reader.fetch_watermarks(topic, partition, TIMEOUT)?;
+        let end = end.unwrap_or(high);
         // Older than the partition still holds (retention), or beyond its end (the topic
         // was recreated under the client): say so, and go on from what is there.
         if start < low || start > high.max(end) {

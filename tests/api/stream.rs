@@ -570,3 +570,62 @@ async fn a_slow_client_beside_a_fast_one_loses_nothing_under_3000_orders() {
             .is_none()
     );
 }
+
+/// A broker that lost everything (Tansu restarts empty; Kafka after the topic was deleted and
+/// created again): a client resuming from beyond the new partition's end is told with a
+/// `gap` event and continues with the new topic's orders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_the_topic_no_longer_holds_is_announced_as_a_gap() {
+    let mut broker = crate::helpers::Broker::start();
+    let app = TestApp::spawn(config(
+        &broker.bootstrap(),
+        &["--orders-topic-partitions", "1"],
+    ))
+    .await;
+    app.wait_ready(Duration::from_secs(30)).await;
+    let mut first = app.stream("").await;
+    place(&app, "before", 5).await;
+    let old_id = first.orders(5, Duration::from_secs(10)).await[4]
+        .id
+        .clone()
+        .unwrap();
+    drop(first);
+
+    broker.restart();
+    // Ready again once the gateway has recreated the topic and its feed.
+    eventually(
+        Duration::from_secs(40),
+        Duration::from_millis(200),
+        || async {
+            match app.post_order(&order("after")).await.status().as_u16() {
+                202 => Ok(()),
+                status => Err(format!("POST answered {status} after the broker restart")),
+            }
+        },
+    )
+    .await;
+    let after = place(&app, "after", 1).await;
+
+    let mut resumed = app.stream(&format!("?last_event_id={old_id}")).await;
+    let gap = resumed
+        .next_event(Duration::from_secs(10))
+        .await
+        .expect("a gap event");
+    assert_eq!(gap.event, "gap", "{gap:?}");
+    let data = gap.json();
+    assert_eq!(
+        (
+            data["partition"].as_i64(),
+            data["from"].as_i64(),
+            data["to"].as_i64()
+        ),
+        (Some(0), Some(5), Some(0))
+    );
+    let rest = order_ids(&resumed.orders(2, Duration::from_secs(10)).await);
+    assert_eq!(rest.len(), 2);
+    assert_eq!(
+        rest.last(),
+        after.last(),
+        "then the new topic's orders, in order"
+    );
+}
