@@ -143,19 +143,6 @@ impl Hub {
         }
     }
 
-    /// The kept orders stamped at or after `since`, and a subscriber for everything after
-    /// them: taken under one lock, so together they neither miss nor repeat an order.
-    pub fn subscribe_since(&self, since: SystemTime) -> (Vec<Arc<StreamEvent>>, Subscription) {
-        let inner = self.lock();
-        let backlog = inner
-            .recent
-            .iter()
-            .filter(|e| e.order.at >= since)
-            .cloned()
-            .collect();
-        (backlog, self.subscribe())
-    }
-
     /// A subscriber that resumes after `from`: what it missed (from memory when the hub
     /// still holds all of it, else a range to replay from the topic) and a subscription for
     /// everything after. Taken under one lock, so nothing falls between the two.
@@ -202,11 +189,6 @@ impl Hub {
             }
         }
         first
-    }
-
-    /// How many subscribers are connected.
-    pub fn subscribers(&self) -> usize {
-        self.tx.receiver_count()
     }
 }
 
@@ -310,22 +292,55 @@ mod tests {
         assert_eq!(expect_event(&mut slow).await.order.offset, 6);
     }
 
+    fn at(pairs: &[(i32, i64)]) -> Position {
+        let mut p = Position::default();
+        for &(partition, next) in pairs {
+            p.restart(partition, next);
+        }
+        p
+    }
+
     #[tokio::test]
-    async fn a_replay_and_its_subscription_neither_miss_nor_repeat() {
+    async fn a_resume_from_memory_and_its_subscription_neither_miss_nor_repeat() {
         let hub = Hub::new("orders", 16, 3);
         for offset in 0..5 {
             hub.publish(order(0, offset));
         }
-        let since = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(3);
-        let (backlog, mut sub) = hub.subscribe_since(since);
+        let (catchup, mut sub) = hub.resume(&at(&[(0, 3)]));
+        let Catchup::Memory(backlog) = catchup else {
+            panic!("offsets 3 and 4 are kept")
+        };
         assert_eq!(
             backlog.iter().map(|e| e.order.offset).collect::<Vec<_>>(),
             [3, 4]
         );
         hub.publish(order(0, 5));
         assert_eq!(expect_event(&mut sub).await.order.offset, 5);
-        let (all_kept, _) = hub.subscribe_since(SystemTime::UNIX_EPOCH);
-        assert_eq!(all_kept.len(), 3, "only the last `replay` orders are kept");
+    }
+
+    #[tokio::test]
+    async fn a_resume_older_than_memory_asks_for_history_up_to_the_hub() {
+        let hub = Hub::new("orders", 16, 3);
+        for offset in 0..5 {
+            hub.publish(order(0, offset));
+        }
+        let (catchup, _) = hub.resume(&at(&[(0, 1)]));
+        assert!(matches!(catchup, Catchup::History { until } if until == at(&[(0, 5)])));
+        let (ahead, _) = hub.resume(&at(&[(0, 9)]));
+        assert!(
+            matches!(ahead, Catchup::History { .. }),
+            "ahead of the hub: only the topic can tell"
+        );
+    }
+
+    #[tokio::test]
+    async fn since_finds_the_first_kept_order_per_partition() {
+        let hub = Hub::new("orders", 16, 8);
+        for offset in 0..5 {
+            hub.publish(order(1, offset));
+        }
+        let since = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(3);
+        assert_eq!(hub.first_since(since), at(&[(1, 3)]));
     }
 
     #[tokio::test]
@@ -337,14 +352,14 @@ mod tests {
             hub.publish(order(0, 0)),
             "offset 0 of a recreated topic is new"
         );
-        assert_eq!(hub.subscribe_since(SystemTime::UNIX_EPOCH).0.len(), 1);
+        let (catchup, _) = hub.resume(&Position::default());
+        assert!(matches!(catchup, Catchup::Memory(events) if events.len() == 1));
     }
 
     #[tokio::test]
     async fn subscribers_see_the_hub_close() {
         let hub = Hub::new("orders", 4, 0);
         let mut sub = hub.subscribe();
-        assert_eq!(hub.subscribers(), 1);
         drop(hub);
         assert!(matches!(sub.next().await, Next::Closed));
     }
