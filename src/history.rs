@@ -18,7 +18,11 @@ pub enum Replayed {
     /// was recreated): the replay continues at `to`.
     Gap { partition: i32, from: i64, to: i64 },
     /// A record that is not an order; the client's position passes it.
-    Skipped { partition: i32, offset: i64 },
+    Skipped {
+        partition: i32,
+        offset: i64,
+        stamp: i64,
+    },
 }
 
 /// Why history could not be read.

@@ -234,6 +234,11 @@ struct RecordValue {
 }
 
 impl TrackedOrder {
+    /// The record's timestamp in milliseconds, as stream positions keep it.
+    pub fn stamp(&self) -> i64 {
+        millis(self.at)
+    }
+
     /// Reads a record value; `Err` names why it is not an order (a poison record).
     pub fn from_record(
         value: &[u8],
@@ -254,6 +259,14 @@ impl TrackedOrder {
             at: timestamp,
         })
     }
+}
+
+/// Milliseconds since the Unix epoch; 0 for anything earlier.
+pub fn millis(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .unwrap_or(0)
 }
 
 /// RFC 3339 in UTC with milliseconds, the precision of Kafka timestamps.

@@ -1,5 +1,7 @@
 //! Stream positions: for every partition, the offset of the next record a client has not
-//! seen. Encoded into each SSE event id so a reconnecting client can say exactly where it was.
+//! seen, and the timestamp of the record it passed last. Encoded into each SSE event id so a
+//! reconnecting client can say exactly where it was, and so the gateway can tell when those
+//! offsets now belong to a topic that was deleted and created again.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,14 +10,23 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// Format version; bump it when the byte layout changes so old ids fail loudly.
-const VERSION: u8 = 1;
+/// Version 2 added the per-partition record timestamp.
+const VERSION: u8 = 2;
 /// Longest id we try to decode; a position of hundreds of partitions fits easily.
 const MAX_ID_LEN: usize = 8 * 1024;
 
 /// Per-partition next offsets of one topic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Position {
-    next: BTreeMap<i32, i64>,
+    next: BTreeMap<i32, Cursor>,
+}
+
+/// Where one partition stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    next: i64,
+    /// Timestamp (ms) of the record at `next - 1`; 0 when unknown.
+    stamp: i64,
 }
 
 /// Why an event id could not be read.
@@ -35,7 +46,16 @@ pub enum PositionError {
 impl Position {
     /// The next offset a reader of `partition` has not seen, if it has seen any.
     pub fn next_offset(&self, partition: i32) -> Option<i64> {
-        self.next.get(&partition).copied()
+        self.next.get(&partition).map(|c| c.next)
+    }
+
+    /// Timestamp (ms) of the record just before the next offset, when known: the same
+    /// offset on a recreated topic holds a different record.
+    pub fn stamp(&self, partition: i32) -> Option<i64> {
+        self.next
+            .get(&partition)
+            .map(|c| c.stamp)
+            .filter(|s| *s != 0)
     }
 
     /// Whether the record at `offset` was already passed.
@@ -44,32 +64,44 @@ impl Position {
             .is_some_and(|next| offset < next)
     }
 
-    /// Moves past the record at `offset`; never moves backwards.
-    pub fn advance(&mut self, partition: i32, offset: i64) {
-        let next = self.next.entry(partition).or_insert(0);
-        *next = (*next).max(offset.saturating_add(1));
+    /// Moves past the record at `offset`, stamped `stamp` (ms); never moves backwards.
+    pub fn advance(&mut self, partition: i32, offset: i64, stamp: i64) {
+        let cursor = self
+            .next
+            .entry(partition)
+            .or_insert(Cursor { next: 0, stamp: 0 });
+        let next = offset.saturating_add(1);
+        if next > cursor.next {
+            *cursor = Cursor {
+                next,
+                stamp: stamp.max(0),
+            };
+        }
     }
 
     /// Sets where `partition` continues, also backwards: the partition's history before
-    /// `next` is gone (retention, or the topic was recreated).
+    /// `next` is gone (retention, or the topic was recreated). The stamp is unknown.
     pub fn restart(&mut self, partition: i32, next: i64) {
-        self.next.insert(partition, next);
+        self.next.insert(partition, Cursor { next, stamp: 0 });
     }
 
     /// Partitions and their next offsets, in partition order.
     pub fn iter(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
-        self.next.iter().map(|(p, o)| (*p, *o))
+        self.next.iter().map(|(p, c)| (*p, c.next))
     }
 
-    /// The compact, URL-safe id: version, topic fingerprint, then (partition, offset) varints.
+    /// The compact, URL-safe id: version, topic fingerprint, then (partition, next offset,
+    /// stamp) varints.
     pub fn encode(&self, topic: &str) -> String {
-        let mut bytes = Vec::with_capacity(5 + self.next.len() * 6);
+        let mut bytes = Vec::with_capacity(5 + self.next.len() * 12);
         bytes.push(VERSION);
         bytes.extend_from_slice(&fingerprint(topic).to_le_bytes());
-        for (partition, offset) in self.iter() {
-            // Both are never negative: partitions are ids, offsets only ever advance from 0.
+        for (partition, cursor) in &self.next {
+            // None is negative: partitions are ids, offsets only advance from 0, and stamps
+            // are clamped at 0 ("unknown").
             put_varint(&mut bytes, u64::from(partition.unsigned_abs()));
-            put_varint(&mut bytes, offset.unsigned_abs());
+            put_varint(&mut bytes, cursor.next.unsigned_abs());
+            put_varint(&mut bytes, cursor.stamp.unsigned_abs());
         }
         URL_SAFE_NO_PAD.encode(bytes)
     }
@@ -97,7 +129,8 @@ impl Position {
         while !rest.is_empty() {
             let partition = take_varint(&mut rest).and_then(|p| i32::try_from(p).ok());
             let offset = take_varint(&mut rest).and_then(|o| i64::try_from(o).ok());
-            let (Some(partition), Some(offset)) = (partition, offset) else {
+            let stamp = take_varint(&mut rest).and_then(|s| i64::try_from(s).ok());
+            let (Some(partition), Some(offset), Some(stamp)) = (partition, offset, stamp) else {
                 return Err(PositionError::Malformed);
             };
             // Strictly ascending partitions make every position have exactly one id.
@@ -105,7 +138,13 @@ impl Position {
                 return Err(PositionError::Malformed);
             }
             last_partition = Some(partition);
-            next.insert(partition, offset);
+            next.insert(
+                partition,
+                Cursor {
+                    next: offset,
+                    stamp,
+                },
+            );
         }
         Ok(Self { next })
     }
@@ -157,10 +196,12 @@ fn take_varint(input: &mut &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
+    const STAMP: i64 = 1_764_000_000_000;
+
     fn position(pairs: &[(i32, i64)]) -> Position {
         let mut p = Position::default();
         for &(partition, next) in pairs {
-            p.advance(partition, next - 1);
+            p.advance(partition, next - 1, STAMP + i64::from(partition));
         }
         p
     }
@@ -186,15 +227,21 @@ mod tests {
     #[test]
     fn ids_are_compact() {
         let id = position(&[(0, 1_000_000), (1, 1_000_000), (2, 1_000_000)]).encode("orders");
-        assert!(id.len() <= 24, "{id}");
+        assert!(id.len() <= 48, "{id}");
     }
 
     #[test]
-    fn advancing_never_moves_backwards() {
+    fn advancing_never_moves_backwards_and_keeps_the_last_stamp() {
         let mut p = position(&[(0, 10)]);
-        p.advance(0, 3);
-        assert_eq!(p.next_offset(0), Some(10));
+        p.advance(0, 3, 42);
+        assert_eq!((p.next_offset(0), p.stamp(0)), (Some(10), Some(STAMP)));
         assert!(p.has_passed(0, 9) && !p.has_passed(0, 10) && !p.has_passed(1, 0));
+        p.restart(0, 2);
+        assert_eq!(
+            (p.next_offset(0), p.stamp(0)),
+            (Some(2), None),
+            "a restart knows no stamp"
+        );
     }
 
     #[test]
@@ -202,8 +249,8 @@ mod tests {
         for id in [
             "",
             "!!!",
-            "AQ",
-            "AQAAAA=",
+            "Ag",
+            "AgAAAA=",
             "💥",
             &"A".repeat(MAX_ID_LEN + 1),
         ] {
@@ -236,7 +283,7 @@ mod tests {
         let mut bytes = vec![VERSION];
         bytes.extend_from_slice(&fingerprint("orders").to_le_bytes());
         let header = bytes.clone();
-        bytes.extend_from_slice(&[1, 0, 0, 0]);
+        bytes.extend_from_slice(&[1, 0, 0, 0, 0, 0]);
         let id = URL_SAFE_NO_PAD.encode(&bytes);
         assert_eq!(
             Position::decode(&id, "orders"),
@@ -259,7 +306,8 @@ mod properties {
     use super::*;
 
     fn positions() -> impl Strategy<Value = Position> {
-        proptest::collection::btree_map(0..10_000i32, 0..i64::MAX, 0..64)
+        let cursor = (0..i64::MAX, 0..i64::MAX).prop_map(|(next, stamp)| Cursor { next, stamp });
+        proptest::collection::btree_map(0..10_000i32, cursor, 0..64)
             .prop_map(|next| Position { next })
     }
 

@@ -291,7 +291,7 @@ impl Feed {
                 if position.has_passed(order.partition, order.offset) {
                     return Step::Pass;
                 }
-                position.advance(order.partition, order.offset);
+                position.advance(order.partition, order.offset, order.stamp());
                 let id = position.encode(&self.topic);
                 if id == event.id {
                     self.position = None;
@@ -310,7 +310,7 @@ impl Feed {
         let position = self.position.get_or_insert_with(Position::default);
         match item {
             Replayed::Order(order) => {
-                position.advance(order.partition, order.offset);
+                position.advance(order.partition, order.offset, order.stamp());
                 let id = position.encode(&self.topic);
                 if !self.wants(&order) {
                     return Step::Pass;
@@ -319,8 +319,12 @@ impl Feed {
                 let data = serde_json::to_string(&order).unwrap_or_default();
                 self.send_order(id, &data)
             }
-            Replayed::Skipped { partition, offset } => {
-                position.advance(partition, offset);
+            Replayed::Skipped {
+                partition,
+                offset,
+                stamp,
+            } => {
+                position.advance(partition, offset, stamp);
                 Step::Pass
             }
             Replayed::Gap {

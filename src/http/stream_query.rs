@@ -171,7 +171,7 @@ mod tests {
     fn id(pairs: &[(i32, i64)]) -> String {
         let mut p = Position::default();
         for &(partition, next) in pairs {
-            p.advance(partition, next - 1);
+            p.advance(partition, next - 1, 1_764_000_000_000);
         }
         p.encode("orders")
     }
@@ -240,7 +240,7 @@ mod tests {
     fn malformed_or_foreign_ids_and_conflicts_are_400s() {
         let foreign = {
             let mut p = Position::default();
-            p.advance(0, 1);
+            p.advance(0, 1, 1_764_000_000_000);
             p.encode("payments")
         };
         for (raw, header) in [

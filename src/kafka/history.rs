@@ -133,6 +133,31 @@ fn position_at(reader: &BaseConsumer, topic: &str, at: SystemTime) -> Result<Pos
     Ok(position)
 }
 
+/// The timestamp (ms) of the record at `offset`, if the partition holds one there.
+fn stamp_at(
+    reader: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<Option<i64>, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    reader.assign(&tpl)?;
+    let started = Instant::now();
+    while started.elapsed() < TIMEOUT {
+        match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) if m.partition() == partition => {
+                return Ok((m.offset() == offset)
+                    .then(|| m.timestamp().to_millis())
+                    .flatten());
+            }
+            Some(Err(e)) => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
 /// Sends every record in `from..to`; blocks, so it runs on a blocking thread.
 fn replay(
     reader: &BaseConsumer,
@@ -154,9 +179,16 @@ fn replay(
         let mut start = from.next_offset(partition).unwrap_or(0);
         let (low, high) = reader.fetch_watermarks(topic, partition, TIMEOUT)?;
         let end = end.unwrap_or(high);
+        // The same offset on a recreated topic holds another record: compare stamps.
+        let recreated = match from.stamp(partition) {
+            Some(stamp) if start > low && start <= high => {
+                stamp_at(reader, topic, partition, start - 1)? != Some(stamp)
+            }
+            _ => false,
+        };
         // Older than the partition still holds (retention), or beyond its end (the topic
         // was recreated under the client): say so, and go on from what is there.
-        if start < low || start > high.max(end) {
+        if recreated || start < low || start > high.max(end) {
             if !send(Replayed::Gap {
                 partition,
                 from: start,
@@ -203,7 +235,11 @@ fn replay(
             when,
         ) {
             Ok(order) => Replayed::Order(order),
-            Err(_) => Replayed::Skipped { partition, offset },
+            Err(_) => Replayed::Skipped {
+                partition,
+                offset,
+                stamp: crate::domain::order::millis(when),
+            },
         };
         if !send(item) {
             return Ok(());

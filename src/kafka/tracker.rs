@@ -354,7 +354,7 @@ fn handle(message: &BorrowedMessage<'_>, hub: &Hub) {
             tracing::warn!(partition, offset, %error, "tracker: skipped a record that is not an order");
             // Poison records pass too: the hub's position, which the member commits, must
             // move past them.
-            hub.pass(partition, offset);
+            hub.pass(partition, offset, crate::domain::order::millis(when));
         }
     }
 }
