@@ -46,14 +46,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
-    let embedded = match &config.kafka_bootstrap_servers {
-        Some(_) => None,
-        None => Some(start_embedded(&config)?),
-    };
-    let bootstrap = match (&config.kafka_bootstrap_servers, &embedded) {
-        (Some(servers), _) => servers.clone(),
-        (None, Some(broker)) => broker.bootstrap_servers().to_owned(),
-        (None, None) => unreachable!("an embedded broker exists when no servers are configured"),
+    let (embedded, bootstrap) = match &config.kafka_bootstrap_servers {
+        Some(servers) => (None, servers.clone()),
+        None => {
+            let broker = start_embedded(&config)?;
+            let servers = broker.bootstrap_servers().to_owned();
+            (Some(broker), servers)
+        }
     };
     let settings = ClientSettings::new(bootstrap, &config);
     let topic = config.orders_topic.clone();
