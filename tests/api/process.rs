@@ -194,3 +194,40 @@ fn an_invalid_setting_stops_start_up_with_exit_code_2_naming_flag_and_env_var() 
         );
     }
 }
+
+/// Two gateway processes with default settings on one broker, topic and group: a client on
+/// either sees every order, whichever process accepted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateway_processes_each_stream_every_order() {
+    let topic = crate::helpers::unique("orders");
+    let group = crate::helpers::unique("tracker");
+    let env = [
+        ("KAFKA_BOOTSTRAP_SERVERS", broker::shared()),
+        ("ORDERS_TOPIC", topic.as_str()),
+        ("TRACKER_GROUP_ID", group.as_str()),
+    ];
+    let (a, b) = (Gateway::start(&env), Gateway::start(&env));
+    let http = reqwest::Client::new();
+    a.wait_ready(&http, Duration::from_secs(30)).await;
+    b.wait_ready(&http, Duration::from_secs(30)).await;
+    let mut on_a = SseStream::open(&http, &format!("{}/orders/stream", a.base)).await;
+    let mut on_b = SseStream::open(&http, &format!("{}/orders/stream", b.base)).await;
+
+    let mut placed = Vec::new();
+    for i in 0..6 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        let accepted: Value = via.post_order(&http).await.json().await.unwrap();
+        placed.push(accepted["order_id"].as_str().unwrap().to_owned());
+    }
+    placed.sort();
+    for stream in [&mut on_a, &mut on_b] {
+        let mut seen: Vec<String> = stream
+            .orders(6, Duration::from_secs(15))
+            .await
+            .iter()
+            .map(|e| e.json()["order_id"].as_str().unwrap().to_owned())
+            .collect();
+        seen.sort();
+        assert_eq!(seen, placed);
+    }
+}
