@@ -8,15 +8,14 @@
 //!   partitions, and a restarted replica's feed starts from the group's committed offsets
 //!   (at-least-once: committed only after the hub took the order).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{TopicPartitionList, TopicPartitionListElem};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset};
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +35,29 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 pub struct TrackerContext {
     readiness: Arc<Readiness>,
     role: &'static str,
+    /// The partitions the group gave this member.
+    owned: Mutex<Vec<i32>>,
+}
+
+impl TrackerContext {
+    fn new(readiness: Arc<Readiness>, role: &'static str) -> Self {
+        Self {
+            readiness,
+            role,
+            owned: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn owned(&self) -> Vec<i32> {
+        self.owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_owned(&self, partitions: Vec<i32>) {
+        *self.owned.lock().unwrap_or_else(PoisonError::into_inner) = partitions;
+    }
 }
 
 impl ClientContext for TrackerContext {
@@ -50,27 +72,41 @@ impl ClientContext for TrackerContext {
 }
 
 impl ConsumerContext for TrackerContext {
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                metrics::counter!("orders_gateway_tracker_rebalances_total", "kind" => "assign")
-                    .increment(1);
+    /// The member takes part in the group but never fetches: it remembers the partitions the
+    /// group gave it and acknowledges the assignment with an empty local one. A fetching
+    /// member could meet the broker answers that crash librdkafka 2.12 (see
+    /// `Tracker::follow_broker`), and the feed reads every partition anyway.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let (kind, result) = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 tracing::info!(partitions = %partitions(tpl), "tracker: group assigned partitions");
-                // The member only commits; the feed does the reading.
-                if let Err(error) = consumer.pause(tpl) {
-                    tracing::warn!(%error, "tracker: could not pause the member");
-                }
+                self.set_owned(
+                    tpl.elements()
+                        .iter()
+                        .map(TopicPartitionListElem::partition)
+                        .collect(),
+                );
+                ("assign", consumer.assign(&TopicPartitionList::new()))
             }
-            Rebalance::Revoke(tpl) => {
-                metrics::counter!("orders_gateway_tracker_rebalances_total", "kind" => "revoke")
-                    .increment(1);
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = %partitions(tpl), "tracker: group revoked partitions");
+                self.set_owned(Vec::new());
+                ("revoke", consumer.unassign())
             }
-            Rebalance::Error(error) => {
-                metrics::counter!("orders_gateway_tracker_rebalances_total", "kind" => "error")
-                    .increment(1);
+            other => {
+                let error = KafkaError::Rebalance(other.into());
                 tracing::warn!(%error, "tracker: rebalance failed");
+                ("error", Ok(()))
             }
+        };
+        metrics::counter!("orders_gateway_tracker_rebalances_total", "kind" => kind).increment(1);
+        if let Err(error) = result {
+            tracing::warn!(%error, kind, "tracker: could not apply the rebalance");
         }
     }
 
@@ -115,10 +151,7 @@ impl Tracker {
         readiness: Arc<Readiness>,
     ) -> Result<Self, KafkaError> {
         let feed_config = settings.feed(group_id);
-        let context = |role| TrackerContext {
-            readiness: readiness.clone(),
-            role,
-        };
+        let context = |role| TrackerContext::new(readiness.clone(), role);
         let feed = Arc::new(feed_config.create_with_context(context("feed"))?);
         let member = Arc::new(
             settings
@@ -155,7 +188,7 @@ impl Tracker {
                     self.record_lag();
                     continue;
                 }
-                // Serves the member's group protocol; it never yields records (paused).
+                // Serves the member's group protocol; it never yields records (it fetches nothing).
                 _ = self.member.recv() => continue,
                 Ok(()) = checks.changed() => {
                     let now = *checks.borrow_and_update();
@@ -220,10 +253,9 @@ impl Tracker {
     /// Starts the feed over for a topic that was created again: the old feed holds fetch
     /// positions and leader state of a topic that no longer exists.
     async fn renew_feed(&mut self) -> Result<(), KafkaError> {
-        let fresh: Client = self.feed_config.create_with_context(TrackerContext {
-            readiness: self.readiness.clone(),
-            role: "feed",
-        })?;
+        let fresh: Client = self
+            .feed_config
+            .create_with_context(TrackerContext::new(self.readiness.clone(), "feed"))?;
         let old = std::mem::replace(&mut self.feed, Arc::new(fresh));
         tokio::task::spawn_blocking(move || drop(old));
         self.assign_all().await?;
@@ -274,11 +306,10 @@ impl Tracker {
         let (member, topic) = (self.member.clone(), self.topic.clone());
         let position = hub.position();
         let committed = tokio::task::spawn_blocking(move || {
-            let assignment = member.assignment()?;
             let mut tpl = TopicPartitionList::new();
-            for element in assignment.elements_for_topic(&topic) {
-                if let Some(next) = position.next_offset(element.partition()) {
-                    tpl.add_partition_offset(&topic, element.partition(), Offset::Offset(next))?;
+            for partition in member.context().owned() {
+                if let Some(next) = position.next_offset(partition) {
+                    tpl.add_partition_offset(&topic, partition, Offset::Offset(next))?;
                 }
             }
             if tpl.count() == 0 {
@@ -302,7 +333,11 @@ impl Tracker {
     fn record_lag(&self) {
         let (member, topic) = (self.member.clone(), self.topic.clone());
         tokio::task::spawn_blocking(move || {
-            let Ok(committed) = member.committed(TIMEOUT) else {
+            let mut owned = TopicPartitionList::new();
+            for partition in member.context().owned() {
+                owned.add_partition(&topic, partition);
+            }
+            let Ok(committed) = member.committed_offsets(owned, TIMEOUT) else {
                 return;
             };
             for element in committed.elements_for_topic(&topic) {
