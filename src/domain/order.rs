@@ -53,7 +53,7 @@ pub struct NewOrder {
 }
 
 /// A valid order, ready to publish. It can only be built by [`Order::parse`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Order {
     /// The order's id; also the Kafka record key, so one order's events stay in order.
     #[schema(format = Uuid)]
@@ -64,6 +64,9 @@ pub struct Order {
     /// When the gateway accepted the order (RFC 3339, UTC).
     #[schema(example = "2026-11-26T14:11:22.123Z")]
     pub created_at: String,
+    /// `created_at` as a point in time, for the record timestamp.
+    #[serde(skip)]
+    pub accepted_at: SystemTime,
 }
 
 /// One invalid field of a request body.
@@ -112,6 +115,7 @@ impl Order {
                     item,
                     quantity,
                     created_at: rfc3339(now),
+                    accepted_at: now,
                 })
             }
             _ => Err(errors),

@@ -12,6 +12,7 @@ use rdkafka::{ClientConfig, Timestamp};
 
 use super::ClientSettings;
 use crate::domain::Order;
+use crate::domain::order::millis;
 use crate::publisher::{PublishError, Publisher, Receipt};
 
 /// Publishes orders to the orders topic, keyed by order id.
@@ -94,14 +95,12 @@ impl KafkaPublisher {
                 value: Some(traceparent),
             });
         }
-        let created = created_millis(order);
-        let mut record = FutureRecord::to(&self.topic)
+        let created = millis(order.accepted_at);
+        let record = FutureRecord::to(&self.topic)
             .key(&key)
             .payload(&payload)
-            .headers(headers);
-        if let Some(ms) = created {
-            record = record.timestamp(ms);
-        }
+            .headers(headers)
+            .timestamp(created);
         // send_result never waits for queue space: a full queue is an immediate 503.
         let producer = self.producer();
         let delivery = producer
@@ -162,22 +161,15 @@ fn publish_error(e: &KafkaError) -> PublishError {
     }
 }
 
-fn created_millis(order: &Order) -> Option<i64> {
-    let t = humantime::parse_rfc3339(&order.created_at).ok()?;
-    i64::try_from(t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_millis()).ok()
-}
-
 /// A topic with `message.timestamp.type=LogAppendTime` stores the broker's time; otherwise
 /// the record keeps the creation time we set. A log-append time from before we created the
 /// record beyond any clock skew is not real: librdkafka's mock cluster (the embedded
 /// broker) always answers 1234 ms.
-fn stored_timestamp(acked: Timestamp, created: Option<i64>) -> SystemTime {
+fn stored_timestamp(acked: Timestamp, created: i64) -> SystemTime {
     const MAX_SKEW_MS: i64 = 60 * 60 * 1000;
-    let stored = match (acked, created) {
-        (Timestamp::LogAppendTime(at), Some(ms)) if at >= ms - MAX_SKEW_MS => acked,
-        (Timestamp::LogAppendTime(_), None) => acked,
-        (_, Some(ms)) => Timestamp::CreateTime(ms),
-        (_, None) => acked,
+    let stored = match acked {
+        Timestamp::LogAppendTime(at) if at >= created - MAX_SKEW_MS => acked,
+        _ => Timestamp::CreateTime(created),
     };
     timestamp(stored).unwrap_or_else(SystemTime::now)
 }
@@ -207,17 +199,11 @@ mod tests {
         let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
         let created = 1_764_000_000_000;
         let later = Timestamp::LogAppendTime(created + 5);
-        assert_eq!(
-            stored_timestamp(later, Some(created)),
-            at(1_764_000_000_005)
-        );
+        assert_eq!(stored_timestamp(later, created), at(1_764_000_000_005));
         let mock = Timestamp::LogAppendTime(1234);
-        assert_eq!(stored_timestamp(mock, Some(created)), at(1_764_000_000_000));
+        assert_eq!(stored_timestamp(mock, created), at(1_764_000_000_000));
         let echoed = Timestamp::CreateTime(7);
-        assert_eq!(
-            stored_timestamp(echoed, Some(created)),
-            at(1_764_000_000_000)
-        );
+        assert_eq!(stored_timestamp(echoed, created), at(1_764_000_000_000));
     }
 
     #[test]
