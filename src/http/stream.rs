@@ -307,14 +307,15 @@ impl Feed {
 
     /// A record replayed from the topic.
     fn replayed(&mut self, item: Replayed) -> Step {
+        let wanted = matches!(&item, Replayed::Order(order) if self.wants(order));
         let position = self.position.get_or_insert_with(Position::default);
         match item {
             Replayed::Order(order) => {
                 position.advance(order.partition, order.offset, order.stamp());
-                let id = position.encode(&self.topic);
-                if !self.wants(&order) {
+                if !wanted {
                     return Step::Pass;
                 }
+                let id = position.encode(&self.topic);
                 // A struct of strings and integers always serialises.
                 let data = serde_json::to_string(&order).unwrap_or_default();
                 self.send_order(id, &data)
