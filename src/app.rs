@@ -11,8 +11,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::http::edge::Edge;
 use crate::http::{self, AppState};
 use crate::hub::Hub;
+use crate::idempotency::Idempotency;
 use crate::kafka::ClientSettings;
 use crate::kafka::admin::{TopicSpec, TopicSupervisor};
 use crate::kafka::embedded::EmbeddedBroker;
@@ -95,6 +97,11 @@ pub async fn run(
                 .map_err(|e| AppError::Start("views client", e.to_string()))?,
         ),
         admin_token: config.admin_token.clone(),
+        edge: Arc::new(Edge::new(&config)),
+        idempotency: Arc::new(Idempotency::new(
+            config.idempotency_ttl,
+            config.idempotency_keys.get(),
+        )),
         history: Arc::new(KafkaHistory::new(&settings, &topic)),
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams.get())),
     };

@@ -1,7 +1,8 @@
 //! Configuration: one struct, every field a flag and an environment variable.
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::num::{NonZeroI32, NonZeroUsize};
+use std::num::{NonZeroI32, NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -60,8 +61,50 @@ pub struct Config {
 
     /// Bearer token for the read-only /admin/topic and /admin/group views. Unset: the views
     /// answer only clients on this host (loopback).
-    #[arg(long, env = "ADMIN_TOKEN", value_parser = non_blank, hide_env_values = true)]
-    pub admin_token: Option<String>,
+    #[arg(long, env = "ADMIN_TOKEN", value_parser = secret, hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
+    /// Comma-separated bearer tokens, any of which may place orders. Unset: `POST /orders`
+    /// needs no token.
+    #[arg(long = "api-token", env = "API_TOKENS", value_name = "TOKEN", value_delimiter = ',',
+          value_parser = secret, hide_env_values = true)]
+    pub api_tokens: Vec<Secret>,
+
+    /// How long an `Idempotency-Key` is remembered (e.g. 24h, 10m).
+    #[arg(long, env = "IDEMPOTENCY_TTL", default_value = "24h", value_parser = duration)]
+    pub idempotency_ttl: Duration,
+
+    /// Most `Idempotency-Key`s remembered at once; the oldest are forgotten first.
+    #[arg(long, env = "IDEMPOTENCY_KEYS", default_value = "100000")]
+    pub idempotency_keys: NonZeroUsize,
+
+    /// Largest request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value = "65536")]
+    pub max_body_bytes: NonZeroUsize,
+
+    /// Largest total size of a request's header lines (names and values), in bytes.
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value = "16384")]
+    pub max_header_bytes: NonZeroUsize,
+
+    /// Longest a request may take until its answer starts (reading the body included).
+    /// Streams are not cut: only the time until their first byte counts.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "15s", value_parser = duration)]
+    pub request_timeout: Duration,
+
+    /// Requests per second each client address may make to the order and stream routes
+    /// (0: unlimited). Health, readiness and metrics are never limited.
+    #[arg(long, env = "RATE_LIMIT", default_value = "0")]
+    pub rate_limit: u32,
+
+    /// Requests a client may make at once above RATE_LIMIT before it is slowed down.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value = "50")]
+    pub rate_limit_burst: NonZeroU32,
+
+    /// Comma-separated origins whose pages may call the API from a browser, or `*` for any.
+    /// Unset: same-origin only (the live page at / is served from the gateway itself).
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_name = "ORIGIN", value_delimiter = ',',
+          value_parser = origin)]
+    pub cors_allowed_origins: Vec<String>,
 
     /// Extra librdkafka settings for every Kafka client, as KEY=VALUE (repeatable, or
     /// comma-separated in the env var). `KAFKA_<PROPERTY>` env vars work too:
@@ -93,6 +136,17 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.produce_timeout < Duration::from_millis(100) {
             return Err("--produce-timeout (PRODUCE_TIMEOUT) must be at least 100ms".into());
+        }
+        if self.request_timeout <= self.produce_timeout {
+            return Err(
+                "--request-timeout (REQUEST_TIMEOUT) must be longer than --produce-timeout \
+                 (PRODUCE_TIMEOUT), or POSTs would time out before the broker's answer"
+                    .into(),
+            );
+        }
+        if self.cors_allowed_origins.len() > 1 && self.cors_allowed_origins.iter().any(|o| o == "*")
+        {
+            return Err("--cors-allowed-origins (CORS_ALLOWED_ORIGINS): `*` stands alone".into());
         }
         if self.stream_keep_alive < Duration::from_secs(1) {
             return Err("--stream-keep-alive (STREAM_KEEP_ALIVE) must be at least 1s".into());
@@ -155,6 +209,51 @@ where
         }
         Some((property.to_ascii_lowercase().replace('_', "."), value))
     })
+}
+
+/// A credential: compared, never printed (`Debug` shows `[redacted]`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+fn secret(s: &str) -> Result<Secret, String> {
+    let s = non_blank(s)?;
+    if s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(Secret(s))
+    } else {
+        Err("a token is visible ASCII characters without spaces".into())
+    }
+}
+
+/// `*` or a browser origin: scheme, host and optional port, nothing else.
+fn origin(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let valid = s == "*"
+        || s.split_once("://").is_some_and(|(scheme, rest)| {
+            matches!(scheme, "http" | "https")
+                && !rest.is_empty()
+                && !rest.contains(['/', '?', '#', ' '])
+        });
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err("an origin is `*` or scheme://host[:port], e.g. https://shop.example.com".into())
+    }
 }
 
 fn non_blank(s: &str) -> Result<String, String> {
@@ -226,6 +325,9 @@ mod tests {
             &["--orders-topic", "no spaces"],
             &["--kafka-config", "novalue"],
             &["--log", "[[["],
+            &["--api-token", "has space"],
+            &["--cors-allowed-origins", "https://a.example/path"],
+            &["--cors-allowed-origins", "a.example"],
         ] {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(args[0]), "{args:?}: {err}");
@@ -238,8 +340,32 @@ mod tests {
         let err = config.validate().unwrap_err();
         assert!(err.contains("--produce-timeout") && err.contains("PRODUCE_TIMEOUT"));
 
+        let config = parse(&["--request-timeout", "5s"]).unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(err.contains("REQUEST_TIMEOUT") && err.contains("PRODUCE_TIMEOUT"));
+
+        let config = parse(&["--cors-allowed-origins", "*,https://a.example"]).unwrap();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("CORS_ALLOWED_ORIGINS")
+        );
+
         let config = parse(&["--kafka-config", "acks=1"]).unwrap();
         assert!(config.validate().unwrap_err().contains("acks"));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let config = parse(&["--api-token", "tok-1,tok-2", "--admin-token", "adm"]).unwrap();
+        assert_eq!(config.api_tokens.len(), 2);
+        assert_eq!(config.api_tokens[1].expose(), "tok-2");
+        let printed = format!("{config:?}");
+        assert!(
+            !printed.contains("tok-1") && !printed.contains("adm\""),
+            "{printed}"
+        );
     }
 
     #[test]

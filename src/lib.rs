@@ -24,6 +24,7 @@ pub mod domain;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod idempotency;
 pub mod kafka;
 pub mod publisher;
 pub mod readiness;

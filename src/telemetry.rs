@@ -173,7 +173,22 @@ fn describe_metrics() {
         "orders_gateway_tracker_lag",
         "Per partition: high watermark minus the group's committed offset"
     );
+    describe_counter!(
+        "orders_gateway_idempotency_replays_total",
+        "POSTs answered from an earlier attempt with the same Idempotency-Key"
+    );
+    describe_counter!(
+        "orders_gateway_idempotency_keys_evicted_total",
+        "Idempotency keys forgotten before their TTL because IDEMPOTENCY_KEYS were held"
+    );
+    describe_counter!(
+        "orders_gateway_rate_limited_total",
+        "Requests answered 429 because their client exceeded RATE_LIMIT"
+    );
     for name in [
+        "orders_gateway_idempotency_replays_total",
+        "orders_gateway_idempotency_keys_evicted_total",
+        "orders_gateway_rate_limited_total",
         "orders_gateway_stream_events_total",
         "orders_gateway_stream_overflows_total",
         "orders_gateway_tracker_records_total",

@@ -7,13 +7,18 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use clap::Parser;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
+use orders_gateway::Config;
+use orders_gateway::config::Secret;
 use orders_gateway::domain::{Order, Position, TrackedOrder};
 use orders_gateway::history::{History, HistoryError, Replayed};
+use orders_gateway::http::edge::Edge;
 use orders_gateway::http::{AppState, router};
 use orders_gateway::hub::Hub;
+use orders_gateway::idempotency::Idempotency;
 use orders_gateway::publisher::{PublishError, Publisher, Receipt};
 use orders_gateway::readiness::Readiness;
 use orders_gateway::views::{ClusterViews, GroupView, PartitionView, TopicView, ViewError};
@@ -26,6 +31,8 @@ use tower::ServiceExt;
 #[derive(Default)]
 struct FakePublisher {
     fail_with: Option<PublishError>,
+    /// How long the "broker" takes to acknowledge.
+    delay: Duration,
     published: Mutex<Vec<Order>>,
 }
 
@@ -36,6 +43,7 @@ impl Publisher for FakePublisher {
         _traceparent: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Receipt, PublishError>> {
         Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
             if let Some(e) = &self.fail_with {
                 return Err(e.clone());
             }
@@ -103,6 +111,14 @@ struct Harness {
 }
 
 fn harness(publisher: FakePublisher, buffer: usize) -> Harness {
+    harness_with(publisher, buffer, &[])
+}
+
+/// A harness whose edge policies come from these command-line flags.
+fn harness_with(publisher: FakePublisher, buffer: usize, flags: &[&str]) -> Harness {
+    let config =
+        Config::try_parse_from(std::iter::once("orders-gateway").chain(flags.iter().copied()))
+            .unwrap();
     let publisher = Arc::new(publisher);
     let state = AppState {
         publisher: publisher.clone(),
@@ -111,7 +127,9 @@ fn harness(publisher: FakePublisher, buffer: usize) -> Harness {
         shutdown: CancellationToken::new(),
         stream_keep_alive: Duration::from_secs(15),
         views: Arc::new(FakeViews),
-        admin_token: Some("s3cret".into()),
+        admin_token: Some(Secret::new("s3cret")),
+        edge: Arc::new(Edge::new(&config)),
+        idempotency: Arc::new(Idempotency::new(Duration::from_secs(60), 100)),
         history: Arc::new(FakeHistory),
         streams: Arc::new(tokio::sync::Semaphore::new(3)),
     };
@@ -485,4 +503,250 @@ async fn the_live_page_is_served_at_the_root_without_outside_assets() {
         !html.contains("src=\"http") && !html.contains("href=\"http"),
         "no CDN asset"
     );
+}
+
+fn post_with(body: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut request = post(body);
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    request
+}
+
+const ORDER: &str = r#"{"user":"lara","item":"frozen yogurt","quantity":10}"#;
+
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_gets_the_first_answer() {
+    let h = harness(FakePublisher::default(), 16);
+    let request = || post_with(ORDER, &[("idempotency-key", "order-7")]);
+    let (status, headers, first) = send(&h.state, request()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(!headers.contains_key("idempotent-replayed"));
+    let (status, headers, again) = send(&h.state, request()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(
+        first, again,
+        "same order_id, created_at, partition and offset"
+    );
+    assert_eq!(h.publisher.published.lock().unwrap().len(), 1);
+
+    // Without the key, the same body is a new order.
+    let (_, _, other) = send(&h.state, post(ORDER)).await;
+    assert_ne!(other["order_id"], first["order_id"]);
+    assert_eq!(h.publisher.published.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_retries_with_one_key_publish_once() {
+    let publisher = FakePublisher {
+        delay: Duration::from_millis(50),
+        ..FakePublisher::default()
+    };
+    let h = harness(publisher, 16);
+    let answers = futures_util::future::join_all(
+        (0..16).map(|_| send(&h.state, post_with(ORDER, &[("idempotency-key", "k-1")]))),
+    )
+    .await;
+    assert_eq!(h.publisher.published.lock().unwrap().len(), 1);
+    for (status, _, body) in &answers {
+        assert_eq!(*status, StatusCode::ACCEPTED);
+        assert_eq!(body, &answers[0].2);
+    }
+    let replayed = answers
+        .iter()
+        .filter(|(_, headers, _)| headers.contains_key("idempotent-replayed"))
+        .count();
+    assert_eq!(replayed, 15);
+}
+
+#[tokio::test]
+async fn a_key_reused_for_another_order_is_422_and_publishes_nothing() {
+    let h = harness(FakePublisher::default(), 16);
+    send(&h.state, post_with(ORDER, &[("idempotency-key", "k")])).await;
+    let other = r#"{"user":"lara","item":"frozen yogurt","quantity":11}"#;
+    let (status, headers, body) =
+        send(&h.state, post_with(other, &[("idempotency-key", "k")])).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+    assert_eq!(body["type"], "/problems/idempotency-key-reused");
+    assert_eq!(h.publisher.published.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_key_names_the_order_when_the_body_does_not() {
+    let h = harness(FakePublisher::default(), 16);
+    let (_, _, first) = send(&h.state, post_with(ORDER, &[("idempotency-key", "k-42")])).await;
+    // A second gateway (a fresh store) derives the same order id from the same key.
+    let other = harness(FakePublisher::default(), 16);
+    let (_, _, second) = send(
+        &other.state,
+        post_with(ORDER, &[("idempotency-key", "k-42")]),
+    )
+    .await;
+    assert_eq!(first["order_id"], second["order_id"]);
+    // An explicit order id wins over the key's.
+    let explicit = r#"{"order_id":"6f1c1e1e-0c1a-4a8e-9d4e-6f0b5d8f3c2a","user":"lara","item":"x","quantity":1}"#;
+    let (_, _, body) = send(
+        &h.state,
+        post_with(explicit, &[("idempotency-key", "k-43")]),
+    )
+    .await;
+    assert_eq!(body["order_id"], "6f1c1e1e-0c1a-4a8e-9d4e-6f0b5d8f3c2a");
+}
+
+#[tokio::test]
+async fn a_malformed_idempotency_key_is_400() {
+    let h = harness(FakePublisher::default(), 16);
+    let long = "k".repeat(256);
+    for key in ["", "has space", long.as_str()] {
+        let (status, _, body) = send(&h.state, post_with(ORDER, &[("idempotency-key", key)])).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{key:?}");
+        assert!(body["detail"].as_str().unwrap().contains("Idempotency-Key"));
+    }
+    assert!(h.publisher.published.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_attempt_answers_503_and_is_not_remembered() {
+    let h = harness(
+        FakePublisher {
+            fail_with: Some(PublishError::Timeout),
+            ..FakePublisher::default()
+        },
+        16,
+    );
+    let (status, _, _) = send(&h.state, post_with(ORDER, &[("idempotency-key", "k")])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, headers, _) = send(&h.state, post_with(ORDER, &[("idempotency-key", "k")])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        !headers.contains_key("idempotent-replayed"),
+        "the retry tried again"
+    );
+}
+
+#[tokio::test]
+async fn with_api_tokens_only_their_holders_may_order() {
+    let h = harness_with(FakePublisher::default(), 16, &["--api-token", "alpha,beta"]);
+    for auth in [None, Some("Bearer gamma"), Some("Basic YWxwaGE=")] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        let (status, headers, body) = send(&h.state, post_with(ORDER, &headers)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+        assert_eq!(body["type"], "/problems/unauthorized");
+    }
+    // Checked before the body: a caller without a token learns nothing about its body.
+    let (status, _, _) = send(&h.state, post("not json")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(h.publisher.published.lock().unwrap().is_empty());
+
+    let (status, _, _) = send(
+        &h.state,
+        post_with(ORDER, &[("authorization", "Bearer beta")]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // Reading stays open.
+    let (status, _, _) = get_text(&h.state, "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_gets_429_with_retry_after_and_probes_never_do() {
+    let h = harness_with(
+        FakePublisher::default(),
+        16,
+        &["--rate-limit", "1", "--rate-limit-burst", "3"],
+    );
+    for _ in 0..3 {
+        let (status, _, _) = send(&h.state, post(ORDER)).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    let (status, headers, body) = send(&h.state, post(ORDER)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert_eq!(body["type"], "/problems/rate-limited");
+    assert_eq!(h.publisher.published.lock().unwrap().len(), 3);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (status, _, _) = get_text(&h.state, path).await;
+        assert_ne!(status, StatusCode::TOO_MANY_REQUESTS, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_and_headers_are_refused_by_the_configured_limits() {
+    let h = harness_with(
+        FakePublisher::default(),
+        16,
+        &["--max-body-bytes", "100", "--max-header-bytes", "1024"],
+    );
+    let padded = format!(
+        r#"{{"user":"lara","item":"{}","quantity":1}}"#,
+        "x".repeat(100)
+    );
+    let (status, _, body) = send(&h.state, post(&padded)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(body["detail"].as_str().unwrap().contains("100 bytes"));
+
+    let big = "v".repeat(1024);
+    let (status, headers, body) = send(&h.state, post_with(ORDER, &[("x-padding", &big)])).await;
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+    assert_eq!(body["type"], "/problems/headers-too-large");
+    assert!(h.publisher.published.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_request_that_outlasts_request_timeout_is_408() {
+    let publisher = FakePublisher {
+        delay: Duration::from_secs(5),
+        ..FakePublisher::default()
+    };
+    let h = harness_with(publisher, 16, &["--request-timeout", "100ms"]);
+    let (status, _, body) = send(&h.state, post(ORDER)).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(body["type"], "/problems/request-timeout");
+}
+
+async fn preflight(state: &AppState, origin: &str) -> axum::http::HeaderMap {
+    let request = Request::builder()
+        .method("OPTIONS")
+        .uri("/orders")
+        .header(header::ORIGIN, origin)
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+        .header(
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+            "content-type,idempotency-key",
+        )
+        .body(Body::empty())
+        .unwrap();
+    send(state, request).await.1
+}
+
+#[tokio::test]
+async fn cors_is_same_origin_unless_origins_are_configured() {
+    let closed = harness(FakePublisher::default(), 16);
+    let headers = preflight(&closed.state, "https://shop.example").await;
+    assert!(!headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+
+    let open = harness_with(
+        FakePublisher::default(),
+        16,
+        &["--cors-allowed-origins", "https://shop.example"],
+    );
+    let headers = preflight(&open.state, "https://shop.example").await;
+    assert_eq!(
+        headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://shop.example"
+    );
+    let allowed = headers[header::ACCESS_CONTROL_ALLOW_HEADERS]
+        .to_str()
+        .unwrap();
+    assert!(allowed.contains("idempotency-key"), "{allowed}");
+    let headers = preflight(&open.state, "https://evil.example").await;
+    assert!(!headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
 }

@@ -6,10 +6,11 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::{Extension, Json};
 
 use super::AppState;
+use super::auth::{bearer, constant_time_eq};
 use super::error::{ApiError, Problem};
 use crate::views::{GroupView, TopicView};
 
@@ -68,44 +69,18 @@ fn authorize(
 ) -> Result<(), ApiError> {
     match &state.admin_token {
         Some(token) => {
-            let presented = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or_default();
-            if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+            let presented = bearer(headers).unwrap_or_default();
+            if constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) {
                 Ok(())
             } else {
-                Err(ApiError::Unauthorized)
+                Err(ApiError::Unauthorized(
+                    "this view needs `Authorization: Bearer <ADMIN_TOKEN>`",
+                ))
             }
         }
         None if peer.is_some_and(|Extension(ConnectInfo(addr))| addr.ip().is_loopback()) => Ok(()),
         None => Err(ApiError::Forbidden(
             "the admin views are local-only; set ADMIN_TOKEN to read them remotely".into(),
         )),
-    }
-}
-
-/// Compares without stopping at the first difference, so timing does not reveal how much
-/// of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let len_differs = u8::from(a.len() != b.len());
-    let mut diff = len_differs;
-    for (i, x) in a.iter().enumerate() {
-        diff |= x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0xff);
-    }
-    diff == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn tokens_compare_equal_only_when_identical() {
-        assert!(constant_time_eq(b"s3cret", b"s3cret"));
-        for other in [&b""[..], b"s3cre", b"s3cret!", b"S3cret", b"x"] {
-            assert!(!constant_time_eq(other, b"s3cret"), "{other:?}");
-        }
     }
 }

@@ -21,8 +21,8 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     /// 401: a protected route without a valid bearer token.
-    #[error("this view needs `Authorization: Bearer <ADMIN_TOKEN>`")]
-    Unauthorized,
+    #[error("{0}")]
+    Unauthorized(&'static str),
     /// 403: a protected route the client may not read from where it is.
     #[error("{0}")]
     Forbidden(String),
@@ -32,6 +32,20 @@ pub enum ApiError {
     /// 405: the route exists, the method does not.
     #[error("{0} is not allowed here")]
     MethodNotAllowed(String),
+    /// 408: the request was not complete within REQUEST_TIMEOUT.
+    #[error("the request did not complete within {0:?} (REQUEST_TIMEOUT)")]
+    RequestTimeout(std::time::Duration),
+    /// 422: an `Idempotency-Key` already used for a different order.
+    #[error(
+        "this Idempotency-Key was already used for a different order; use a new key for a new order"
+    )]
+    IdempotencyKeyReused,
+    /// 429: the client made more requests than RATE_LIMIT allows; retry after the seconds given.
+    #[error("too many requests from this client; retry in {0} s")]
+    RateLimited(u32),
+    /// 431: the header lines exceed MAX_HEADER_BYTES.
+    #[error("the request's headers are larger than {0} bytes")]
+    HeadersTooLarge(usize),
     /// 413: the body exceeds the limit.
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -99,7 +113,7 @@ impl ApiError {
                 "/problems/bad-request",
                 "Bad request",
             ),
-            Self::Unauthorized => (
+            Self::Unauthorized(_) => (
                 StatusCode::UNAUTHORIZED,
                 "/problems/unauthorized",
                 "Unauthorized",
@@ -120,6 +134,26 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "/problems/unsupported-media-type",
                 "Unsupported media type",
+            ),
+            Self::RequestTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "/problems/request-timeout",
+                "Request timeout",
+            ),
+            Self::IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/idempotency-key-reused",
+                "Idempotency-Key reused",
+            ),
+            Self::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "/problems/rate-limited",
+                "Too many requests",
+            ),
+            Self::HeadersTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "/problems/headers-too-large",
+                "Request headers too large",
             ),
             Self::Validation(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -178,6 +212,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<u32> {
         match self {
             Self::Publish(PublishError::QueueFull) => Some(1),
+            Self::RateLimited(seconds) => Some(*seconds),
             Self::Publish(_)
             | Self::NotReady(_)
             | Self::ViewUnavailable(_)
@@ -229,7 +264,7 @@ impl IntoResponse for ApiError {
         if let Some(seconds) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if matches!(self, Self::Unauthorized) {
+        if matches!(self, Self::Unauthorized(_)) {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response

@@ -5,25 +5,23 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::Value;
 
+use super::AppState;
 use super::error::ApiError;
-
-/// Largest request body the API reads.
-pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// A request body declared as JSON and parsed as such, not yet checked against any shape.
 #[derive(Debug)]
 pub struct JsonBody(pub Value);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         if !declares_json(req.headers()) {
             return Err(ApiError::UnsupportedMediaType);
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(BODY_LIMIT)
+                ApiError::PayloadTooLarge(state.edge.body_limit)
             } else {
                 ApiError::BadRequest(rejection.body_text())
             }

@@ -1,12 +1,15 @@
 //! The HTTP edge: state, router and layers. Handlers know our types only, never Kafka's.
 
 pub mod admin;
+pub mod auth;
 pub mod docs;
+pub mod edge;
 pub mod error;
 pub mod json;
 pub mod ops;
 pub mod orders;
 pub mod page;
+pub mod rate_limit;
 pub mod stream;
 pub mod stream_query;
 
@@ -16,18 +19,22 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
+use axum::middleware::from_fn_with_state;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::config::Secret;
 use crate::history::History;
 use crate::hub::Hub;
+use crate::idempotency::Idempotency;
 use crate::publisher::Publisher;
 use crate::readiness::Readiness;
 use crate::telemetry;
 use crate::views::ClusterViews;
+use edge::Edge;
 use error::ApiError;
 
 /// What every handler may use; cheap to clone.
@@ -45,14 +52,18 @@ pub struct AppState {
     /// One permit per open stream (MAX_STREAMS).
     pub streams: Arc<tokio::sync::Semaphore>,
     /// `ADMIN_TOKEN`; never logged.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
+    /// Limits and policies applied to every request.
+    pub edge: Arc<Edge>,
+    /// Answers already given to `Idempotency-Key`s.
+    pub idempotency: Arc<Idempotency>,
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "orders-gateway", description = "An HTTP front for an Apache Kafka orders topic."),
     components(schemas(stream::Overflow, stream::Gap, stream::Unavailable)),
-    modifiers(&AdminTokenScheme),
+    modifiers(&BearerSchemes),
     tags(
         (name = "orders", description = "Place orders and watch them being tracked"),
         (name = "operations", description = "Health and readiness"),
@@ -60,18 +71,31 @@ pub struct AppState {
 )]
 struct ApiDoc;
 
-/// Declares the `admin_token` bearer scheme the admin views accept.
-struct AdminTokenScheme;
+/// Declares the bearer schemes: `api_token` for placing orders, `admin_token` for the
+/// admin views.
+struct BearerSchemes;
 
-impl utoipa::Modify for AdminTokenScheme {
+impl utoipa::Modify for BearerSchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let scheme = HttpBuilder::new()
-            .scheme(HttpAuthScheme::Bearer)
-            .description(Some("The ADMIN_TOKEN the gateway was started with"))
-            .build();
-        if let Some(components) = openapi.components.as_mut() {
-            components.add_security_scheme("admin_token", SecurityScheme::Http(scheme));
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        for (name, description) in [
+            (
+                "api_token",
+                "One of the API_TOKENS; needed only when API_TOKENS is set",
+            ),
+            (
+                "admin_token",
+                "The ADMIN_TOKEN the gateway was started with",
+            ),
+        ] {
+            let scheme = HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(description))
+                .build();
+            components.add_security_scheme(name, SecurityScheme::Http(scheme));
         }
     }
 }
@@ -98,11 +122,18 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
-    router
+    let router = router
         .merge(docs::swagger_ui())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(json::BODY_LIMIT))
+        .layer(DefaultBodyLimit::max(state.edge.body_limit))
+        .layer(from_fn_with_state(state.clone(), edge::bound))
+        .layer(from_fn_with_state(state.clone(), rate_limit::limit));
+    let router = match state.edge.cors() {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router
         // Outermost last: take or make an x-request-id, trace inside its span, echo it back.
         .layer(axum::middleware::from_fn(telemetry::track_http))
         .layer(PropagateRequestIdLayer::x_request_id())

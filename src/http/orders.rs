@@ -4,15 +4,20 @@ use std::time::SystemTime;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use serde::Serialize;
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::auth::MayOrder;
 use super::error::{ApiError, Problem};
 use super::json::JsonBody;
 use crate::domain::order::rfc3339;
 use crate::domain::{NewOrder, Order};
+use crate::idempotency::{IdempotencyKey, KeyReused, Source};
 
 /// The answer to an acknowledged order: the order as stored, and where.
 #[derive(Debug, Serialize, ToSchema)]
@@ -34,17 +39,36 @@ pub struct OrderAccepted {
 /// The order is validated, then produced to Kafka (key: `order_id`, acks=all, idempotent).
 /// The answer comes only after the broker acknowledged the record: a 202 means the order
 /// is on the topic. Unknown fields are rejected.
+///
+/// Send an `Idempotency-Key` to retry safely: a retry with the same key and the same order
+/// gets the first answer (same `order_id`, partition and offset, with
+/// `Idempotent-Replayed: true`) and writes nothing; a retry while the first attempt is in
+/// flight waits for it. Keys are remembered per gateway instance for IDEMPOTENCY_TTL (24 h by
+/// default). An order with a key and no `order_id` gets an id derived from the key, the same
+/// on every instance, so a duplicate is recognisable downstream.
 #[utoipa::path(
     post,
     path = "/orders",
     tag = "orders",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+            pattern = "^[\\x21-\\x7e]+$",
+            description = "Makes retries safe: 1 to 255 visible ASCII characters, unique per order (a UUID, say)"),
+    ),
     request_body(content = NewOrder, content_type = "application/json"),
+    security((), ("api_token" = [])),
     responses(
-        (status = 202, description = "The broker acknowledged the order", body = OrderAccepted),
-        (status = 400, description = "The body is not valid JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 202, description = "The broker acknowledged the order", body = OrderAccepted,
+            headers(("Idempotent-Replayed" = bool, description = "Present (`true`) when the answer repeats an earlier attempt with the same Idempotency-Key"))),
+        (status = 400, description = "The body is not valid JSON, or the Idempotency-Key is malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "API_TOKENS are set and the request lacks a valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The request did not complete within REQUEST_TIMEOUT", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than MAX_BODY_BYTES (64 KiB by default)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not declared as JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields, each listed in `errors`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, each listed in `errors`; or the Idempotency-Key was used for a different order (`/problems/idempotency-key-reused`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The client exceeded RATE_LIMIT; see Retry-After", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 431, description = "The header lines exceed MAX_HEADER_BYTES", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The broker did not acknowledge in time, or too many orders are waiting; see Retry-After",
             body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
@@ -52,16 +76,42 @@ pub struct OrderAccepted {
 )]
 pub async fn place_order(
     State(state): State<AppState>,
+    _: MayOrder,
     headers: HeaderMap,
-    JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<OrderAccepted>), ApiError> {
+    JsonBody(mut body): JsonBody,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    if let (Some(key), Value::Object(fields)) = (&key, &mut body) {
+        // Without an id of its own, the order takes the key's: retries on any instance
+        // then name the same order.
+        if fields.get("order_id").is_none_or(Value::is_null) {
+            fields.insert("order_id".into(), key.order_id().to_string().into());
+        }
+    }
     let order = Order::parse(body, SystemTime::now()).map_err(ApiError::Validation)?;
     tracing::Span::current().record("order_id", tracing::field::display(order.order_id));
     let traceparent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| is_traceparent(v));
-    let receipt = state.publisher.publish(&order, traceparent).await?;
+        .filter(|v| is_traceparent(v))
+        .map(str::to_owned);
+    let publisher = state.publisher.clone();
+    let publish = move |order: Order| {
+        async move {
+            let receipt = publisher.publish(&order, traceparent.as_deref()).await?;
+            Ok((order, receipt))
+        }
+        .boxed()
+    };
+    let (outcome, source) = match key {
+        None => (publish(order).await, Source::Published),
+        Some(key) => state
+            .idempotency
+            .place(key, order, publish)
+            .await
+            .map_err(|KeyReused| ApiError::IdempotencyKeyReused)?,
+    };
+    let (order, receipt) = outcome?;
     let accepted = OrderAccepted {
         order,
         topic: receipt.topic,
@@ -69,7 +119,24 @@ pub async fn place_order(
         offset: receipt.offset,
         timestamp: rfc3339(receipt.timestamp),
     };
-    Ok((StatusCode::ACCEPTED, Json(accepted)))
+    let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
+    if source == Source::Replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let invalid = |why: &str| ApiError::BadRequest(why.to_owned());
+    let value = value
+        .to_str()
+        .map_err(|_| invalid("Idempotency-Key must be 1 to 255 visible ASCII characters"))?;
+    IdempotencyKey::parse(value).map(Some).map_err(invalid)
 }
 
 /// A W3C `traceparent` (version 00): `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`,

@@ -92,6 +92,68 @@ async fn concurrent_orders_are_all_acknowledged_exactly_once() {
     assert_eq!(stored_ids.into_iter().collect::<HashSet<_>>(), acked_ids);
 }
 
+/// Retries with one Idempotency-Key, at once and one after another, write one record and all
+/// get its answer; the same key for another order is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_with_one_idempotency_key_write_exactly_one_record() {
+    const RETRIES: usize = 20;
+    let app = TestApp::ready(broker::shared()).await;
+    let body = order("lara");
+    let post = |body: Value| {
+        let (http, url) = (app.http.clone(), app.url("/orders"));
+        async move {
+            let response = http
+                .post(url)
+                .header("idempotency-key", "checkout-81723")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let replayed = response.headers().contains_key("idempotent-replayed");
+            (
+                response.status(),
+                replayed,
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let mut answers =
+        futures_util::future::join_all((0..RETRIES).map(|_| tokio::spawn(post(body.clone()))))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>();
+    answers.push(post(body.clone()).await);
+    let first = &answers[0].2;
+    for (status, _, answer) in &answers {
+        assert_eq!(*status, 202);
+        assert_eq!(answer, first, "every retry gets the first answer");
+    }
+    let published = answers.iter().filter(|(_, replayed, _)| !replayed).count();
+    assert_eq!(published, 1, "one attempt published, the rest replayed it");
+
+    let mut changed = body.clone();
+    changed["quantity"] = json!(11);
+    let (status, _, problem) = post(changed).await;
+    assert_eq!(status, 422);
+    assert_eq!(problem["type"], "/problems/idempotency-key-reused");
+
+    let records = kafka::read_all(broker::shared(), app.topic(), 3, 1);
+    assert_eq!(records.len(), 1, "exactly one record for all the retries");
+    let record = &records[0];
+    assert_eq!(
+        (i64::from(record.partition()), record.offset()),
+        (
+            first["partition"].as_i64().unwrap(),
+            first["offset"].as_i64().unwrap()
+        )
+    );
+    assert_eq!(
+        record.key(),
+        Some(first["order_id"].as_str().unwrap().as_bytes())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_chosen_order_id_is_the_record_key() {
     let app = TestApp::ready(broker::shared()).await;
