@@ -54,12 +54,22 @@ impl KafkaPublisher {
     /// broker without persistent storage restarted, or a fatal idempotence error):
     /// librdkafka would retry the old id until every order times out.
     pub fn renew(&self, why: &str) {
+        self.replace(None, why);
+    }
+
+    /// Renews the producer unless `failed` was already replaced: the many orders that fail
+    /// together on a dead producer must not each create a new one.
+    fn replace(&self, failed: Option<&FutureProducer>, why: &str) {
+        let mut current = self
+            .producer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if failed.is_some_and(|f| f.client().native_ptr() != current.client().native_ptr()) {
+            return;
+        }
         match self.config.create::<FutureProducer>() {
             Ok(fresh) => {
-                *self
-                    .producer
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner) = fresh;
+                *current = fresh;
                 tracing::warn!(why, "producer renewed");
             }
             Err(error) => tracing::error!(%error, why, "could not renew the producer"),
@@ -121,7 +131,12 @@ impl KafkaPublisher {
             }),
             Err((e, _)) => {
                 if let Some((code, reason)) = producer.client().fatal_error() {
-                    self.renew(&format!("fatal producer error {code:?}: {reason}"));
+                    self.replace(
+                        Some(&producer),
+                        &format!("fatal producer error {code:?}: {reason}"),
+                    );
+                } else if identity_lost(&e) {
+                    self.replace(Some(&producer), &format!("producer identity lost: {e}"));
                 }
                 Err(publish_error(&e))
             }
@@ -161,6 +176,22 @@ fn publish_error(e: &KafkaError) -> PublishError {
     }
 }
 
+/// Errors after which this producer's id and epoch are no good: each later order would
+/// fail the same way. Seen after a broker was unreachable long enough for in-flight orders
+/// to time out: the epoch bump that follows can be refused as fenced.
+fn identity_lost(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+        )
+    )
+}
+
 /// A topic with `message.timestamp.type=LogAppendTime` stores the broker's time; otherwise
 /// the record keeps the creation time we set. A log-append time from before we created the
 /// record beyond any clock skew is not real: librdkafka's mock cluster (the embedded
@@ -192,6 +223,14 @@ mod tests {
         assert_eq!(publish_error(&late), PublishError::Timeout);
         let down = KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown);
         assert!(matches!(publish_error(&down), PublishError::Unavailable(_)));
+    }
+
+    #[test]
+    fn only_identity_errors_renew_the_producer() {
+        let fenced = KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced);
+        assert!(identity_lost(&fenced));
+        let late = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        assert!(!identity_lost(&late));
     }
 
     #[test]

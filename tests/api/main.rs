@@ -4,6 +4,7 @@
 // Helpers are `pub` for their sibling modules; this crate exports nothing.
 #![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+mod faults;
 mod helpers;
 mod ops;
 mod orders;

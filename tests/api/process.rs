@@ -1,102 +1,13 @@
 //! The `orders-gateway` binary as operators run it.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helpers::broker::{self, die_with_parent, free_port};
+use crate::helpers::broker;
+use crate::helpers::gateway::Gateway;
 use crate::helpers::{SseStream, order};
-
-struct Gateway {
-    child: Child,
-    base: String,
-    /// Where the gateway's stdout and stderr go.
-    log: std::path::PathBuf,
-}
-
-impl Gateway {
-    /// Runs the binary with `env`; `KAFKA_BOOTSTRAP_SERVERS` only if given.
-    fn start(env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gateways");
-        std::fs::create_dir_all(&dir).expect("log dir");
-        let log = dir.join(format!("gateway-{port}.log"));
-        let out = std::fs::File::create(&log).expect("gateway log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_orders-gateway"));
-        command
-            .env_clear()
-            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("ORDERS_TOPIC", crate::helpers::unique("orders"))
-            .env("TRACKER_GROUP_ID", crate::helpers::unique("tracker"))
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log handle"))
-            .stderr(out);
-        die_with_parent(&mut command);
-        Self {
-            child: command.spawn().expect("start gateway"),
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-        }
-    }
-
-    async fn wait_ready(&self, http: &reqwest::Client, timeout: Duration) -> Duration {
-        let started = Instant::now();
-        loop {
-            let ready = http.get(format!("{}/readyz", self.base)).send().await;
-            if ready.is_ok_and(|r| r.status() == 200) {
-                return started.elapsed();
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "gateway not ready within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// Places a valid order.
-    async fn post_order(&self, http: &reqwest::Client) -> reqwest::Response {
-        let url = format!("{}/orders", self.base);
-        http.post(url)
-            .json(&order("lara"))
-            .send()
-            .await
-            .expect("POST /orders")
-    }
-
-    fn terminate(&self) {
-        let pid = i32::try_from(self.child.id()).expect("pid");
-        #[allow(unsafe_code)]
-        // SAFETY: sending a signal has no memory effects in this process.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "gateway did not exit within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_streams_and_exits_zero_within_ten_seconds() {

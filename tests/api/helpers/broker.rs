@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub struct Broker {
     child: Option<Child>,
     port: u16,
+    /// The port the broker tells clients to connect to: its own, or a proxy's in front of it.
+    advertised: u16,
 }
 
 impl Broker {
@@ -21,9 +23,28 @@ impl Broker {
 
     /// Starts a broker on `port` (a port a gateway may already be trying to reach).
     pub fn start_on(port: u16) -> Self {
-        let mut broker = Self { child: None, port };
+        Self::start_advertising(port, port)
+    }
+
+    /// Starts a broker on a free port that sends its clients to `advertised`, where a
+    /// proxy forwards to it: every client connection then crosses the proxy.
+    pub fn start_behind(advertised: u16) -> Self {
+        Self::start_advertising(free_port(), advertised)
+    }
+
+    fn start_advertising(port: u16, advertised: u16) -> Self {
+        let mut broker = Self {
+            child: None,
+            port,
+            advertised,
+        };
         broker.restart();
         broker
+    }
+
+    /// The port the broker itself listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `127.0.0.1:port`, for KAFKA_BOOTSTRAP_SERVERS.
@@ -43,6 +64,7 @@ impl Broker {
     pub fn restart(&mut self) {
         self.stop();
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised);
         let log = std::fs::File::create(log_dir().join(format!("tansu-{}.log", self.port)))
             .expect("create broker log");
         let mut command = Command::new(tansu_binary());
@@ -52,7 +74,7 @@ impl Broker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))

@@ -1,7 +1,10 @@
 //! Shared test helpers: brokers, an in-process gateway, an SSE reader, Kafka clients.
 
 pub mod broker;
+pub mod gateway;
 pub mod kafka;
+pub mod load;
+pub mod proxy;
 pub mod sse;
 
 use std::net::SocketAddr;
