@@ -227,6 +227,23 @@ pub struct TrackedOrder {
     pub at: SystemTime,
 }
 
+/// Why a record on the topic is not tracked as an order (a poison record).
+#[derive(Debug, thiserror::Error)]
+pub enum PoisonRecord {
+    #[error("{0} bytes, more than any order ({MAX_RECORD_BYTES} at most)")]
+    TooLarge(usize),
+    #[error("not an order: {0}")]
+    Shape(#[from] serde_json::Error),
+    #[error("`{0}` is longer than {1} bytes")]
+    FieldTooLong(&'static str, usize),
+}
+
+/// Bounds on what the tracker accepts from other producers: every order the gateway writes
+/// fits (its limits in characters, times four bytes of UTF-8), and a record far beyond
+/// them would be copied to every stream client.
+const MAX_RECORD_BYTES: usize = 16 * 1024;
+const MAX_FIELD_BYTES: [(&str, usize); 3] = [("order_id", 128), ("user", 256), ("item", 512)];
+
 #[derive(Deserialize)]
 struct RecordValue {
     order_id: String,
@@ -249,8 +266,20 @@ impl TrackedOrder {
         partition: i32,
         offset: i64,
         timestamp: SystemTime,
-    ) -> Result<Self, serde_json::Error> {
+    ) -> Result<Self, PoisonRecord> {
+        if value.len() > MAX_RECORD_BYTES {
+            return Err(PoisonRecord::TooLarge(value.len()));
+        }
         let v: RecordValue = serde_json::from_slice(value)?;
+        for ((field, max), len) in
+            MAX_FIELD_BYTES
+                .into_iter()
+                .zip([v.order_id.len(), v.user.len(), v.item.len()])
+        {
+            if len > max {
+                return Err(PoisonRecord::FieldTooLong(field, max));
+            }
+        }
         Ok(Self {
             order_id: v.order_id,
             user: v.user,
@@ -415,8 +444,35 @@ mod tests {
 
     #[test]
     fn poison_records_are_errors() {
-        for value in [&b"not json"[..], b"{}", br#"{"user": 1}"#, b"[]"] {
-            assert!(TrackedOrder::from_record(value, 0, 0, SystemTime::UNIX_EPOCH).is_err());
+        let long_user = format!(
+            r#"{{"order_id": "a", "user": "{}", "item": "x", "quantity": 1}}"#,
+            "u".repeat(257)
+        );
+        let huge = format!(r#"{{"pad": "{}"}}"#, "x".repeat(MAX_RECORD_BYTES));
+        let values = [
+            &b"not json"[..],
+            b"{}",
+            br#"{"user": 1}"#,
+            b"[]",
+            b"\xff\xfe",
+            br#"{"order_id": "a", "user": "b", "item": "c", "quantity": 4294967296}"#,
+            long_user.as_bytes(),
+            huge.as_bytes(),
+        ];
+        for value in values {
+            assert!(
+                TrackedOrder::from_record(value, 0, 0, SystemTime::UNIX_EPOCH).is_err(),
+                "{}",
+                String::from_utf8_lossy(&value[..value.len().min(80)])
+            );
         }
+    }
+
+    #[test]
+    fn the_largest_order_the_gateway_accepts_is_tracked() {
+        let order =
+            parse(json!({"user": "ü".repeat(64), "item": "😀".repeat(128), "quantity": 1000}))
+                .unwrap();
+        assert!(TrackedOrder::from_record(&order.to_json(), 0, 0, SystemTime::UNIX_EPOCH).is_ok());
     }
 }

@@ -39,10 +39,18 @@ async fn poison_records_are_skipped_and_the_stream_goes_on() {
     let app = TestApp::ready(broker::shared()).await;
     let mut stream = app.stream("").await;
     let bootstrap = broker::shared();
+    let huge = format!(
+        r#"{{"order_id": "huge", "user": "{}", "item": "x", "quantity": 1}}"#,
+        "u".repeat(200_000)
+    );
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     for (key, value) in [
         ("a", &b"not json"[..]),
         ("b", br#"{"user": 1}"#),
         ("c", b""),
+        ("d", b"\xff\xfe{"),
+        ("e", huge.as_bytes()),
+        ("f", deep.as_bytes()),
     ] {
         kafka::produce_raw(bootstrap, app.topic(), key, value).await;
     }
@@ -58,6 +66,7 @@ async fn poison_records_are_skipped_and_the_stream_goes_on() {
             .is_none(),
         "poison was not streamed"
     );
+    assert_eq!(app.get("/healthz").await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
