@@ -564,13 +564,13 @@ async fn concurrent_retries_with_one_key_publish_once() {
 }
 
 #[tokio::test]
-async fn a_key_reused_for_another_order_is_422_and_publishes_nothing() {
+async fn a_key_reused_for_another_order_is_409_and_publishes_nothing() {
     let h = harness(FakePublisher::default(), 16);
     send(&h.state, post_with(ORDER, &[("idempotency-key", "k")])).await;
     let other = r#"{"user":"lara","item":"frozen yogurt","quantity":11}"#;
     let (status, headers, body) =
         send(&h.state, post_with(other, &[("idempotency-key", "k")])).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
     assert_eq!(body["type"], "/problems/idempotency-key-reused");
     assert_eq!(h.publisher.published.lock().unwrap().len(), 1);

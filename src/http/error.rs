@@ -35,7 +35,7 @@ pub enum ApiError {
     /// 408: the request was not complete within REQUEST_TIMEOUT.
     #[error("the request did not complete within {0:?} (REQUEST_TIMEOUT)")]
     RequestTimeout(std::time::Duration),
-    /// 422: an `Idempotency-Key` already used for a different order.
+    /// 409: an `Idempotency-Key` already used for a different order.
     #[error(
         "this Idempotency-Key was already used for a different order; use a new key for a new order"
     )]
@@ -141,7 +141,7 @@ impl ApiError {
                 "Request timeout",
             ),
             Self::IdempotencyKeyReused => (
-                StatusCode::UNPROCESSABLE_ENTITY,
+                StatusCode::CONFLICT,
                 "/problems/idempotency-key-reused",
                 "Idempotency-Key reused",
             ),

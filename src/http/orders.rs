@@ -43,7 +43,7 @@ pub struct OrderAccepted {
 /// Send an `Idempotency-Key` to retry safely: a retry with the same key and the same order
 /// gets the first answer (same `order_id`, partition and offset, with
 /// `Idempotent-Replayed: true`) and writes nothing; a retry while the first attempt is in
-/// flight waits for it. Keys are remembered per gateway instance for IDEMPOTENCY_TTL (24 h by
+/// flight waits for it; the same key with a different order is 409. Keys are remembered per gateway instance for IDEMPOTENCY_TTL (24 h by
 /// default). An order with a key and no `order_id` gets an id derived from the key, the same
 /// on every instance, so a duplicate is recognisable downstream.
 #[utoipa::path(
@@ -65,7 +65,8 @@ pub struct OrderAccepted {
         (status = 408, description = "The request did not complete within REQUEST_TIMEOUT", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than MAX_BODY_BYTES (64 KiB by default)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not declared as JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields, each listed in `errors`; or the Idempotency-Key was used for a different order (`/problems/idempotency-key-reused`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The Idempotency-Key was used for a different order (`/problems/idempotency-key-reused`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, each listed in `errors`", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The client exceeded RATE_LIMIT; see Retry-After", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 431, description = "The header lines exceed MAX_HEADER_BYTES", body = Problem, content_type = "application/problem+json"),

@@ -135,7 +135,7 @@ async fn retries_with_one_idempotency_key_write_exactly_one_record() {
     let mut changed = body.clone();
     changed["quantity"] = json!(11);
     let (status, _, problem) = post(changed).await;
-    assert_eq!(status, 422);
+    assert_eq!(status, 409);
     assert_eq!(problem["type"], "/problems/idempotency-key-reused");
 
     let records = kafka::read_all(broker::shared(), app.topic(), 3, 1);
