@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::http::edge::Edge;
+use crate::http::server::{self, ConnectionLimits};
 use crate::http::{self, AppState};
 use crate::hub::Hub;
 use crate::idempotency::Idempotency;
@@ -110,7 +111,14 @@ pub async fn run(
         .local_addr()
         .map_err(|e| AppError::Start("listener", e.to_string()))?;
     tracing::info!(%addr, topic, group = %config.tracker_group_id, "orders-gateway listening");
-    tasks.spawn(serve(listener, http::router(state), cancel.clone()));
+    let limits = ConnectionLimits::new(config.request_timeout, config.max_header_bytes.get());
+    tasks.spawn({
+        let (app, cancel) = (http::router(state), cancel.clone());
+        async move {
+            server::serve(listener, app, limits, cancel).await;
+            ("HTTP server", Ok(()))
+        }
+    });
     tasks.spawn({
         let (readiness, hub, cancel) = (readiness.clone(), hub.clone(), cancel.clone());
         let publisher = publisher.clone();
@@ -159,15 +167,6 @@ fn start_embedded(config: &Config) -> Result<EmbeddedBroker, AppError> {
          Set KAFKA_BOOTSTRAP_SERVERS to use a real cluster."
     );
     Ok(broker)
-}
-
-async fn serve(listener: TcpListener, app: axum::Router, cancel: CancellationToken) -> TaskResult {
-    // Peer addresses let the admin views tell local clients from remote ones.
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await;
-    ("HTTP server", served.map_err(|e| e.to_string()))
 }
 
 /// The tracker subscribes once the topic exists: subscribing to a missing topic would

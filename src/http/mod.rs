@@ -10,6 +10,7 @@ pub mod ops;
 pub mod orders;
 pub mod page;
 pub mod rate_limit;
+pub mod server;
 pub mod stream;
 pub mod stream_query;
 

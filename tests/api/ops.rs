@@ -314,3 +314,34 @@ async fn a_traceparent_travels_into_the_record_headers() {
         Some(traceparent)
     );
 }
+
+/// A client that sends its request head slowly (slowloris) is cut off after
+/// REQUEST_TIMEOUT, and the gateway keeps serving everyone else meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = crate::helpers::config(
+        broker::shared(),
+        &["--produce-timeout", "500ms", "--request-timeout", "1s"],
+    );
+    let app = TestApp::spawn(config).await;
+    app.wait_ready(Duration::from_secs(30)).await;
+
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(app.get("/healthz").await.status(), 200, "others are served");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "the half-sent request was still open after 10 s"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+}

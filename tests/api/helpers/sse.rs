@@ -1,10 +1,12 @@
 //! A small Server-Sent Events reader for tests.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use serde_json::Value;
+use tokio::task::JoinHandle;
 
 /// One event of the stream; comments are kept separately.
 #[derive(Debug, Clone, Default)]
@@ -108,6 +110,66 @@ impl SseStream {
             events.push(event);
         }
         events
+    }
+}
+
+/// A stream read in the background, so the test's client never falls behind while the test
+/// does something else (under load, a client that stops reading is rightly cut off).
+pub struct Background {
+    events: Arc<Mutex<Vec<SseEvent>>>,
+    task: JoinHandle<()>,
+}
+
+impl SseStream {
+    pub fn in_background(mut self) -> Background {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let events = events.clone();
+            async move {
+                while let Some(event) = self.next_event(Duration::from_secs(3600)).await {
+                    events.lock().unwrap().push(event);
+                }
+            }
+        });
+        Background { events, task }
+    }
+}
+
+impl Background {
+    /// Waits until `n` events arrived and returns them; fails on any event but `order`.
+    pub async fn orders(&self, n: usize, timeout: Duration) -> Vec<SseEvent> {
+        super::eventually(timeout, Duration::from_millis(50), || async {
+            let events = self.events.lock().unwrap().clone();
+            if let Some(other) = events.iter().find(|e| e.event != "order") {
+                panic!("unexpected event {other:?}");
+            }
+            if events.len() >= n {
+                Ok(events)
+            } else {
+                Err(format!("only {} of {n} orders arrived", events.len()))
+            }
+        })
+        .await
+    }
+
+    /// Waits until the order `order_id` arrived.
+    pub async fn order(&self, order_id: &str, timeout: Duration) {
+        super::eventually(timeout, Duration::from_millis(50), || async {
+            let events = self.events.lock().unwrap();
+            let found = events
+                .iter()
+                .any(|e| e.event == "order" && e.json()["order_id"] == order_id);
+            found
+                .then_some(())
+                .ok_or(format!("order {order_id} not streamed"))
+        })
+        .await;
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
