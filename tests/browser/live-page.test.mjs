@@ -276,6 +276,44 @@ describe("live page", { timeout: 120_000 }, () => {
     assert.equal(await page.locator("#orders tr", { hasText: "crumpets" }).count(), 0);
   });
 
+  it("resends a failed order with the same Idempotency-Key, a new order with a new one", async () => {
+    const keys = [];
+    let failNext = true;
+    await page.route("**/orders", async (route) => {
+      keys.push(route.request().headers()["idempotency-key"]);
+      if (failNext) {
+        failNext = false;
+        await route.fulfill({
+          status: 503,
+          headers: { "content-type": "application/problem+json" },
+          body: JSON.stringify({ type: "/problems/broker-unavailable", title: "x", status: 503, detail: "try again" }),
+        });
+      } else {
+        await route.continue();
+      }
+    });
+    try {
+      const form = page.locator("#order-form");
+      const user = `grace-${tag}`;
+      await form.getByLabel("User").fill(user);
+      await form.getByLabel("Item").fill("oolong");
+      await form.getByLabel("Quantity").fill("2");
+      await form.getByRole("button", { name: "Place order" }).click();
+      await page.locator("#form-error").waitFor();
+      await form.getByRole("button", { name: "Place order" }).click();
+      await page.locator("#form-success").waitFor();
+      await form.getByLabel("Item").fill("sencha");
+      await form.getByRole("button", { name: "Place order" }).click();
+      await page.locator("#orders tr", { hasText: "sencha" }).waitFor();
+    } finally {
+      await page.unroute("**/orders");
+    }
+    assert.equal(keys.length, 3);
+    assert.match(keys[0], /^[0-9a-f]{32}$/);
+    assert.equal(keys[1], keys[0], "the retry of the same order reuses its key");
+    assert.notEqual(keys[2], keys[0], "a new order gets a new key");
+  });
+
   it("shows a general error line for a problem that is not about a field", async () => {
     // A broker outage cannot be had on demand from the embedded broker: answer like the
     // gateway does then.
