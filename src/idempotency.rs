@@ -268,6 +268,23 @@ mod tests {
         }
     }
 
+    /// Places order(`quantity`) with `key` through a publisher that answers at once.
+    async fn place(
+        store: &Idempotency,
+        key: &str,
+        quantity: u32,
+        publisher: &Counting,
+    ) -> (Outcome, Source) {
+        store
+            .place(
+                self::key(key),
+                order(quantity),
+                publisher.publish(Duration::ZERO),
+            )
+            .await
+            .unwrap()
+    }
+
     fn offset(outcome: &Outcome) -> i64 {
         outcome.as_ref().unwrap().1.offset
     }
@@ -292,15 +309,9 @@ mod tests {
     async fn a_retry_gets_the_first_answer_and_publishes_nothing() {
         let store = Idempotency::new(Duration::from_secs(60), 10);
         let publisher = Counting::default();
-        let (first, source) = store
-            .place(key("k"), order(1), publisher.publish(Duration::ZERO))
-            .await
-            .unwrap();
+        let (first, source) = place(&store, "k", 1, &publisher).await;
         assert_eq!(source, Source::Published);
-        let (again, source) = store
-            .place(key("k"), order(1), publisher.publish(Duration::ZERO))
-            .await
-            .unwrap();
+        let (again, source) = place(&store, "k", 1, &publisher).await;
         assert_eq!(source, Source::Replayed);
         assert_eq!(offset(&first), offset(&again));
         assert_eq!(publisher.calls(), 1);
@@ -355,16 +366,10 @@ mod tests {
         let store = Idempotency::new(Duration::from_secs(60), 10);
         let publisher = Counting::default();
         publisher.fail.store(true, Ordering::SeqCst);
-        let (failed, _) = store
-            .place(key("k"), order(1), publisher.publish(Duration::ZERO))
-            .await
-            .unwrap();
+        let (failed, _) = place(&store, "k", 1, &publisher).await;
         assert_eq!(failed.unwrap_err(), PublishError::Timeout);
         publisher.fail.store(false, Ordering::SeqCst);
-        let (retried, source) = store
-            .place(key("k"), order(1), publisher.publish(Duration::ZERO))
-            .await
-            .unwrap();
+        let (retried, source) = place(&store, "k", 1, &publisher).await;
         assert_eq!(source, Source::Published);
         assert_eq!(offset(&retried), 1);
         assert_eq!(publisher.calls(), 2);
@@ -388,10 +393,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
         first.abort();
-        let (answer, source) = store
-            .place(key("k"), order(1), publisher.publish(Duration::ZERO))
-            .await
-            .unwrap();
+        let (answer, source) = place(&store, "k", 1, &publisher).await;
         assert_eq!(source, Source::Replayed);
         assert_eq!(offset(&answer), 0);
         assert_eq!(publisher.calls(), 1);
@@ -402,22 +404,13 @@ mod tests {
         let store = Idempotency::new(Duration::from_secs(60), 2);
         let publisher = Counting::default();
         for k in ["a", "b", "c"] {
-            let (outcome, _) = store
-                .place(key(k), order(1), publisher.publish(Duration::ZERO))
-                .await
-                .unwrap();
+            let (outcome, _) = place(&store, k, 1, &publisher).await;
             assert!(outcome.is_ok());
         }
         assert_eq!(store.len(), 2);
-        let (_, source) = store
-            .place(key("a"), order(1), publisher.publish(Duration::ZERO))
-            .await
-            .unwrap();
+        let (_, source) = place(&store, "a", 1, &publisher).await;
         assert_eq!(source, Source::Published, "the oldest key was forgotten");
-        let (_, source) = store
-            .place(key("c"), order(1), publisher.publish(Duration::ZERO))
-            .await
-            .unwrap();
+        let (_, source) = place(&store, "c", 1, &publisher).await;
         assert_eq!(source, Source::Replayed);
     }
 

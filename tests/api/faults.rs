@@ -38,37 +38,59 @@ async fn until_orders_are_taken(app: &TestApp, within: Duration) -> Vec<Answer> 
     }
 }
 
-/// The broker becomes unreachable (every connection cut, new ones refused) and comes back
-/// with its data: every 202 is on the topic once, failures come within PRODUCE_TIMEOUT, and
-/// a stream opened before the cut delivers every order without a restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_cut_off_under_load_loses_no_acknowledged_order() {
-    let proxy_port = free_port();
-    let broker = Broker::start_behind(proxy_port);
-    let proxy = Proxy::start(proxy_port, broker.port()).await;
-    let app = TestApp::spawn(config(&proxy.bootstrap(), &["--produce-timeout", "2s"])).await;
-    app.wait_ready(Duration::from_secs(30)).await;
-    let stream = app.stream("").await.in_background();
+/// A way for the broker to become unreachable, and to come back.
+trait Outage {
+    async fn begin(&mut self);
+    async fn end(&mut self);
+}
 
+/// Cut off: every connection dropped, new ones refused; the broker keeps its data.
+impl Outage for Proxy {
+    async fn begin(&mut self) {
+        self.cut().await;
+    }
+    async fn end(&mut self) {
+        self.heal();
+    }
+}
+
+/// Killed, then restarted (empty: Tansu keeps its data in memory).
+impl Outage for Broker {
+    async fn begin(&mut self) {
+        self.stop();
+    }
+    async fn end(&mut self) {
+        self.restart();
+    }
+}
+
+/// Places orders without pause through an outage of `lasting`, until orders are taken again,
+/// and checks what every outage must leave true: every request answered, with 202 or 503,
+/// none later than PRODUCE_TIMEOUT allows, and orders taken again without a restart.
+async fn through_an_outage(
+    app: &TestApp,
+    outage: &mut impl Outage,
+    lasting: Duration,
+) -> Vec<Answer> {
     let load = Load::start(&app.url(""), WORKERS);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    proxy.cut().await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    proxy.heal();
-    let healed = Instant::now();
-    let probes = until_orders_are_taken(&app, Duration::from_secs(60)).await;
+    outage.begin().await;
+    tokio::time::sleep(lasting).await;
+    outage.end().await;
+    let recovered = Instant::now();
+    let probes = until_orders_are_taken(app, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut answers = load.stop().await;
     answers.extend(probes);
 
     let t = tally(&answers);
-    eprintln!("broker cut off under load: {} sent, {t:?}", answers.len());
+    eprintln!("outage under load: {} sent, {t:?}", answers.len());
     assert_eq!(
         (t.other, t.unanswered),
         (0, 0),
         "only 202 or 503, always an answer"
     );
-    assert!(t.unavailable > 0, "the cut was felt");
+    assert!(t.unavailable > 0, "the outage was felt");
     assert!(
         t.slowest <= PRODUCE_TIMEOUT + SLACK,
         "slowest answer {:?}",
@@ -77,9 +99,25 @@ async fn a_broker_cut_off_under_load_loses_no_acknowledged_order() {
     assert!(
         answers
             .iter()
-            .any(|a| a.status == Some(202) && a.sent_at > healed),
+            .any(|a| a.status == Some(202) && a.sent_at > recovered),
         "orders are taken again after the broker came back"
     );
+    answers
+}
+
+/// The broker becomes unreachable (every connection cut, new ones refused) and comes back
+/// with its data: every 202 is on the topic once, failures come within PRODUCE_TIMEOUT, and
+/// a stream opened before the cut delivers every order without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_cut_off_under_load_loses_no_acknowledged_order() {
+    let proxy_port = free_port();
+    let broker = Broker::start_behind(proxy_port);
+    let mut proxy = Proxy::start(proxy_port, broker.port()).await;
+    let app = TestApp::spawn(config(&proxy.bootstrap(), &["--produce-timeout", "2s"])).await;
+    app.wait_ready(Duration::from_secs(30)).await;
+    let stream = app.stream("").await.in_background();
+
+    let answers = through_an_outage(&app, &mut proxy, Duration::from_secs(5)).await;
     let on_topic = assert_acknowledged_on_topic(&proxy.bootstrap(), app.topic(), &answers);
     eprintln!("records on the topic: {on_topic}");
 
@@ -117,36 +155,7 @@ async fn a_broker_killed_under_load_fails_fast_and_the_gateway_recovers() {
     app.wait_ready(Duration::from_secs(30)).await;
     let stream = app.stream("").await.in_background();
 
-    let load = Load::start(&app.url(""), WORKERS);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    broker.stop();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    broker.restart();
-    let restarted = Instant::now();
-    let probes = until_orders_are_taken(&app, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut answers = load.stop().await;
-    answers.extend(probes);
-
-    let t = tally(&answers);
-    eprintln!("broker killed under load: {} sent, {t:?}", answers.len());
-    assert_eq!(
-        (t.other, t.unanswered),
-        (0, 0),
-        "only 202 or 503, always an answer"
-    );
-    assert!(t.unavailable > 0, "the outage was felt");
-    assert!(
-        t.slowest <= PRODUCE_TIMEOUT + SLACK,
-        "slowest answer {:?}",
-        t.slowest
-    );
-    assert!(
-        answers
-            .iter()
-            .any(|a| a.status == Some(202) && a.sent_at > restarted),
-        "orders are taken again after the broker came back"
-    );
+    through_an_outage(&app, &mut broker, Duration::from_secs(4)).await;
 
     // The stream opened before the outage carries an order placed after it.
     let accepted: Value = app.post_order(&order("after")).await.json().await.unwrap();
