@@ -11,6 +11,7 @@ use crate::helpers::broker::{self, free_port};
 use crate::helpers::gateway::Gateway;
 use crate::helpers::load::{Answer, Load, assert_acknowledged_on_topic, place, tally};
 use crate::helpers::proxy::Proxy;
+use crate::helpers::sse::Background;
 use crate::helpers::{Broker, SseStream, TestApp, config, order, unique};
 
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -115,7 +116,7 @@ async fn a_broker_cut_off_under_load_loses_no_acknowledged_order() {
     let mut proxy = Proxy::start(proxy_port, broker.port()).await;
     let app = TestApp::spawn(config(&proxy.bootstrap(), &["--produce-timeout", "2s"])).await;
     app.wait_ready(Duration::from_secs(30)).await;
-    let stream = app.stream("").await.in_background();
+    let stream = Background::open(&app.http, &app.url("/orders/stream")).await;
 
     let answers = through_an_outage(&app, &mut proxy, Duration::from_secs(5)).await;
     let on_topic = assert_acknowledged_on_topic(&proxy.bootstrap(), app.topic(), &answers);
@@ -132,6 +133,11 @@ async fn a_broker_cut_off_under_load_loses_no_acknowledged_order() {
         .iter()
         .map(|e| e.json()["order_id"].as_str().unwrap().to_owned())
         .collect();
+    eprintln!(
+        "streamed {} orders, resumed {} times",
+        streamed.len(),
+        stream.resumes()
+    );
     let unique_streamed: HashSet<&str> = streamed.iter().map(String::as_str).collect();
     assert_eq!(
         unique_streamed.len(),
@@ -153,7 +159,7 @@ async fn a_broker_killed_under_load_fails_fast_and_the_gateway_recovers() {
     let mut broker = Broker::start();
     let app = TestApp::spawn(config(&broker.bootstrap(), &["--produce-timeout", "2s"])).await;
     app.wait_ready(Duration::from_secs(30)).await;
-    let stream = app.stream("").await.in_background();
+    let stream = Background::open(&app.http, &app.url("/orders/stream")).await;
 
     through_an_outage(&app, &mut broker, Duration::from_secs(4)).await;
 

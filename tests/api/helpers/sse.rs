@@ -113,29 +113,51 @@ impl SseStream {
     }
 }
 
-/// A stream read in the background, so the test's client never falls behind while the test
-/// does something else (under load, a client that stops reading is rightly cut off).
+/// A stream read in the background the way EventSource reads one: after an `overflow`, or
+/// when the stream ends, it reconnects with the last id it has. Under load a client that
+/// falls behind is cut off by design; the contract is that resuming loses nothing.
 pub struct Background {
     events: Arc<Mutex<Vec<SseEvent>>>,
+    resumes: Arc<std::sync::atomic::AtomicUsize>,
     task: JoinHandle<()>,
 }
 
-impl SseStream {
-    pub fn in_background(mut self) -> Background {
+impl Background {
+    pub async fn open(http: &reqwest::Client, url: &str) -> Self {
+        let mut stream = SseStream::open(http, url).await;
         let events = Arc::new(Mutex::new(Vec::new()));
+        let resumes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let task = tokio::spawn({
-            let events = events.clone();
+            let (events, http, url) = (events.clone(), http.clone(), url.to_owned());
+            let resumes = resumes.clone();
             async move {
-                while let Some(event) = self.next_event(Duration::from_secs(3600)).await {
-                    events.lock().unwrap().push(event);
+                let mut last_id: Option<String> = None;
+                loop {
+                    while let Some(event) = stream.next_event(Duration::from_secs(3600)).await {
+                        if event.event == "overflow" {
+                            last_id = event.json()["last_event_id"].as_str().map(str::to_owned);
+                            break;
+                        }
+                        last_id = event.id.clone().or(last_id);
+                        events.lock().unwrap().push(event);
+                    }
+                    let Some(id) = &last_id else { return };
+                    resumes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    stream = SseStream::open_with_header(&http, &url, id).await;
                 }
             }
         });
-        Background { events, task }
+        Self {
+            events,
+            resumes,
+            task,
+        }
     }
-}
 
-impl Background {
+    /// How often the client had to reconnect.
+    pub fn resumes(&self) -> usize {
+        self.resumes.load(std::sync::atomic::Ordering::SeqCst)
+    }
     /// Waits until `n` events arrived and returns them; fails on any event but `order`.
     pub async fn orders(&self, n: usize, timeout: Duration) -> Vec<SseEvent> {
         super::eventually(timeout, Duration::from_millis(50), || async {
@@ -159,9 +181,11 @@ impl Background {
             let found = events
                 .iter()
                 .any(|e| e.event == "order" && e.json()["order_id"] == order_id);
-            found
-                .then_some(())
-                .ok_or(format!("order {order_id} not streamed"))
+            let others: Vec<&SseEvent> = events.iter().filter(|e| e.event != "order").collect();
+            found.then_some(()).ok_or(format!(
+                "order {order_id} not streamed; {} events so far, besides orders: {others:?}",
+                events.len()
+            ))
         })
         .await;
     }
