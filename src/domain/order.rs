@@ -1,7 +1,7 @@
 //! Orders: the wire shape a client sends, the valid `Order` we publish, and the
 //! `TrackedOrder` the tracker reads back from the topic.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -303,9 +303,20 @@ pub fn millis(t: SystemTime) -> i64 {
 }
 
 /// RFC 3339 in UTC with milliseconds, the precision of Kafka timestamps.
+///
+/// Times outside what humantime can write (1970 to 9999) are written as the nearest end of
+/// that range: a record's timestamp is whatever its producer chose, and humantime's `Display`
+/// fails past 9999, which `to_string` turns into a panic (found by fuzz target `record`).
 pub fn rfc3339(t: SystemTime) -> String {
+    let t = t.max(SystemTime::UNIX_EPOCH);
+    let t = SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_millis(LAST_RFC3339_MILLIS))
+        .map_or(t, |last| t.min(last));
     humantime::format_rfc3339_millis(t).to_string()
 }
+
+/// 9999-12-31T23:59:59.999Z, the last millisecond humantime formats.
+const LAST_RFC3339_MILLIS: u64 = 253_402_300_799_999;
 
 #[cfg(test)]
 mod tests {
@@ -440,6 +451,25 @@ mod tests {
             br#"{"order_id": "abc", "user": "lara", "item": "frozen yogurt", "quantity": 10}"#;
         let tracked = TrackedOrder::from_record(value, 0, 0, SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(tracked.created_at, None);
+    }
+
+    #[test]
+    fn record_timestamps_past_year_9999_are_written_as_its_last_millisecond() {
+        // The fuzz target `record` found this: a producer-chosen CreateTime in year 73381
+        // made formatting the timestamp panic inside the tracker.
+        let value =
+            br#"{"order_id": "abc", "user": "lara", "item": "frozen yogurt", "quantity": 10}"#;
+        let far = SystemTime::UNIX_EPOCH + Duration::from_millis(2_253_563_979_967_371);
+        let tracked = TrackedOrder::from_record(value, 0, 0, far).unwrap();
+        assert_eq!(tracked.timestamp, "9999-12-31T23:59:59.999Z");
+        assert_eq!((tracked.at, tracked.stamp()), (far, 2_253_563_979_967_371));
+
+        let at = |ms| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+        assert_eq!(at(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(at(253_402_300_800_000), "9999-12-31T23:59:59.999Z");
+        assert_eq!(at(u64::MAX / 2), "9999-12-31T23:59:59.999Z");
+        let before_1970 = SystemTime::UNIX_EPOCH - Duration::from_millis(1);
+        assert_eq!(rfc3339(before_1970), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]
