@@ -7,6 +7,8 @@
 #   3. contract checks against a live gateway on a real broker: OpenAPI validation,
 #      httpyac (.http files), newman (Postman collection), schemathesis
 #   4. the live page in a real browser (Debian Chromium + playwright-core, node --test)
+#   5. supply chain: cargo-deny (licenses, bans, sources; advisories when reachable)
+#   6. fuzz targets: a short pass of each over its committed corpus (cargo-fuzz)
 #
 # Everything is installed into project-local, git-ignored folders (.tools/, node_modules/).
 set -euo pipefail
@@ -51,5 +53,11 @@ bash scripts/check-contract.sh "$base"
 
 step "the live page in a real browser"
 GATEWAY_BIN="$root/target/debug/orders-gateway" bash scripts/check-browser.sh
+
+step "supply chain (cargo-deny)"
+bash scripts/check-deps.sh
+
+step "fuzz targets (${FUZZ_SECONDS:-30} s each over the committed corpus)"
+bash scripts/check-fuzz.sh
 
 step "all tests passed"
