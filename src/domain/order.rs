@@ -161,7 +161,7 @@ fn take_text(
         None | Some(Value::Null) => "is required".to_owned(),
         Some(Value::String(s)) => {
             let chars = s.chars().count();
-            if s.trim().is_empty() {
+            if s.chars().all(is_blank) {
                 "must not be empty or only whitespace".to_owned()
             } else if chars > max_chars {
                 format!("must be at most {max_chars} characters (got {chars})")
@@ -200,6 +200,12 @@ fn whole_number(n: &serde_json::Number) -> Option<u64> {
         // range anyway.
         (f.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(&f)).then_some(f as u64)
     })
+}
+
+/// Whitespace as the schema's `\s` means it (ECMAScript), which also counts U+FEFF; Rust's
+/// `char::is_whitespace` does not, and the two must agree on what is blank.
+fn is_blank(c: char) -> bool {
+    c.is_whitespace() || c == '\u{feff}'
 }
 
 /// An order read back from the topic, with where it was found.
@@ -422,6 +428,12 @@ mod tests {
     fn blank_and_control_characters_are_rejected() {
         let errors = parse(json!({"user": "   ", "item": "a\u{0}b", "quantity": 1})).unwrap_err();
         assert_eq!(fields(&errors), ["user", "item"]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_alone_is_blank_as_the_schema_says() {
+        let errors = parse(json!({"user": "\u{feff} ", "item": "x", "quantity": 1})).unwrap_err();
+        assert_eq!(fields(&errors), ["user"]);
     }
 
     #[test]
