@@ -391,7 +391,7 @@ pub(crate) fn self_check() -> Res<()> {
         let mut seen = Vec::new();
         for piece in wire.chunks(split) {
             reader.raw.extend_from_slice(piece);
-            reader.feed(&mut |block| {
+            let _ = reader.feed(&mut |block| {
                 seen.push((format!("{:?}", kind(block)), block_id(block)));
                 ControlFlow::Continue(())
             })?;
