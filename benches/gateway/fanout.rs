@@ -130,6 +130,22 @@ pub(crate) async fn run(bootstrap: &str, plan: &Plan, logs: &Path) -> Res<(Value
         .filter_map(|c| c.child.id())
         .map(super::procs::cpu_seconds)
         .sum();
+    // Profiling: BENCH_PERF_DIR=dir samples the gateway during the measured window.
+    let perf = std::env::var("BENCH_PERF_DIR").ok().map(|dir| {
+        std::process::Command::new("perf")
+            .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
+            .arg(format!("{dir}/{name}.perf.data"))
+            .args([
+                "-p",
+                &pid.to_string(),
+                "--",
+                "sleep",
+                &plan.seconds.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    });
     let run = open_loop(
         &Target::Post(gateway.addr),
         plan.rate,
@@ -139,6 +155,9 @@ pub(crate) async fn run(bootstrap: &str, plan: &Plan, logs: &Path) -> Res<(Value
         Some(on_ack),
     )
     .await?;
+    if let Some(Ok(mut perf)) = perf {
+        let _ = perf.wait();
+    }
     let mut parts: std::collections::BTreeMap<i32, (i64, i64)> = Default::default();
     for a in &run.acked {
         let e = parts.entry(a.partition).or_insert((a.offset, a.offset));

@@ -152,11 +152,21 @@ async fn harness(args: Args) -> Res<()> {
         let name = args.name.clone().unwrap_or_else(|| "soak".into());
         return soak::run(minutes, &args.out, &name).await;
     }
-    let mode = if args.quick {
+    let mut mode = if args.quick {
         Mode::quick()
     } else {
         Mode::full()
     };
+    // Experiments: BENCH_FANOUT="clients:rate:seconds,..." replaces the fan-out plans.
+    if let Ok(plans) = std::env::var("BENCH_FANOUT") {
+        mode.fanout = plans
+            .split(',')
+            .filter_map(|p| {
+                let v: Vec<u64> = p.split(':').filter_map(|x| x.parse().ok()).collect();
+                Some(plan(*v.first()? as usize, *v.get(1)? as u32, *v.get(2)?))
+            })
+            .collect();
+    }
     let name = args.name.clone().unwrap_or_else(|| mode.name.to_owned());
     let logs = args.out.join(format!("{name}-logs"));
     std::fs::create_dir_all(&logs)?;

@@ -127,6 +127,11 @@ impl Gateway {
         for (k, v) in env {
             command.env(k, v);
         }
+        // Experiments: BENCH_GATEWAY_ENV="K=V;K=V" adds settings to every gateway started.
+        let extra = std::env::var("BENCH_GATEWAY_ENV").unwrap_or_default();
+        for (k, v) in extra.split(';').filter_map(|kv| kv.split_once('=')) {
+            command.env(k, v);
+        }
         die_with_parent(&mut command);
         let started = Instant::now();
         let child = Owned(command.spawn()?);
