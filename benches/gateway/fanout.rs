@@ -131,21 +131,35 @@ pub(crate) async fn run(bootstrap: &str, plan: &Plan, logs: &Path) -> Res<(Value
         .map(super::procs::cpu_seconds)
         .sum();
     // Profiling: BENCH_PERF_DIR=dir samples the gateway during the measured window.
-    let perf = std::env::var("BENCH_PERF_DIR").ok().map(|dir| {
-        std::process::Command::new("perf")
-            .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
-            .arg(format!("{dir}/{name}.perf.data"))
-            .args([
-                "-p",
-                &pid.to_string(),
-                "--",
-                "sleep",
-                &plan.seconds.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-    });
+    let perf: Vec<_> = std::env::var("BENCH_PERF_DIR")
+        .ok()
+        .map(|dir| {
+            let (pid, seconds) = (pid.to_string(), plan.seconds.to_string());
+            let record = std::process::Command::new("perf")
+                .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
+                .arg(format!("{dir}/{name}.perf.data"))
+                .args(["-p", &pid, "--", "sleep", &seconds])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            // Writes on the sockets: how well events are coalesced.
+            let count = std::process::Command::new("perf")
+                .args([
+                    "stat",
+                    "-e",
+                    "syscalls:sys_enter_writev,syscalls:sys_enter_write",
+                ])
+                .arg("-o")
+                .arg(format!("{dir}/{name}.syscalls.txt"))
+                .args(["-p", &pid, "--", "sleep", &seconds])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            [record, count]
+        })
+        .into_iter()
+        .flatten()
+        .collect();
     let run = open_loop(
         &Target::Post(gateway.addr),
         plan.rate,
@@ -155,8 +169,8 @@ pub(crate) async fn run(bootstrap: &str, plan: &Plan, logs: &Path) -> Res<(Value
         Some(on_ack),
     )
     .await?;
-    if let Some(Ok(mut perf)) = perf {
-        let _ = perf.wait();
+    for mut p in perf.into_iter().flatten() {
+        let _ = p.wait();
     }
     let mut parts: std::collections::BTreeMap<i32, (i64, i64)> = Default::default();
     for a in &run.acked {
