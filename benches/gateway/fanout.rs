@@ -25,17 +25,22 @@ pub(crate) struct Plan {
     pub(crate) seconds: u64,
 }
 
-struct ClientProcess {
-    child: Child,
+pub(crate) struct ClientProcess {
+    pub(crate) child: Child,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
 }
 
 #[allow(unsafe_code)]
-fn spawn_clients(addr: std::net::SocketAddr, n: usize) -> Res<ClientProcess> {
+pub(crate) fn spawn_clients(
+    addr: std::net::SocketAddr,
+    n: usize,
+    slow_every: usize,
+) -> Res<ClientProcess> {
     let mut command = Command::new(std::env::current_exe()?);
     command
         .args(["--role", "stream-clients", "--addr", &addr.to_string()])
         .args(["--clients", &n.to_string()])
+        .args(["--slow-every", &slow_every.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -57,7 +62,11 @@ fn spawn_clients(addr: std::net::SocketAddr, n: usize) -> Res<ClientProcess> {
     })
 }
 
-async fn expect_line(p: &mut ClientProcess, prefix: &str, timeout: Duration) -> Res<String> {
+pub(crate) async fn expect_line(
+    p: &mut ClientProcess,
+    prefix: &str,
+    timeout: Duration,
+) -> Res<String> {
     let line = tokio::time::timeout(timeout, async {
         while let Some(line) = p.lines.next_line().await? {
             if let Some(rest) = line.strip_prefix(prefix) {
@@ -86,7 +95,7 @@ pub(crate) async fn run(bootstrap: &str, plan: &Plan, logs: &Path) -> Res<(Value
     for i in 0..processes {
         let n = left / (processes - i);
         left -= n;
-        children.push(spawn_clients(gateway.addr, n)?);
+        children.push(spawn_clients(gateway.addr, n, 0)?);
     }
     let (mut connected, mut failed) = (0u64, 0u64);
     for c in &mut children {

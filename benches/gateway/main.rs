@@ -125,10 +125,7 @@ fn main() -> Res<()> {
     }
     match role.as_deref() {
         Some("stream-clients") => {
-            return sse::child_main(addr.ok_or("--addr is required")?, clients);
-        }
-        Some("soak-clients") => {
-            return soak::child_main(addr.ok_or("--addr is required")?, clients, slow_every);
+            return sse::child_main(addr.ok_or("--addr is required")?, clients, slow_every);
         }
         Some(other) => return Err(format!("unknown role {other}").into()),
         None => {}

@@ -147,6 +147,20 @@ pub(crate) async fn stream(
     addr: SocketAddr,
     path: &str,
     headers: &str,
+    on_block: impl FnMut(&[u8], u64) -> ControlFlow<()>,
+) -> Res<()> {
+    stream_paced(addr, path, headers, None, on_block).await
+}
+
+/// A slow reader: at most 4 KiB per read, and a pause after each.
+const SLOW_READ: usize = 4 * 1024;
+
+/// [`stream`], reading slowly when `pause` is set.
+async fn stream_paced(
+    addr: SocketAddr,
+    path: &str,
+    headers: &str,
+    pause: Option<Duration>,
     mut on_block: impl FnMut(&[u8], u64) -> ControlFlow<()>,
 ) -> Res<()> {
     let mut socket = TcpStream::connect(addr).await?;
@@ -155,10 +169,20 @@ pub(crate) async fn stream(
     );
     socket.write_all(request.as_bytes()).await?;
     let mut reader = Reader::default();
+    let mut slow = vec![0u8; SLOW_READ];
     loop {
-        reader.raw.reserve(16 * 1024);
-        if socket.read_buf(&mut reader.raw).await? == 0 {
-            return Ok(());
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+            let n = socket.read(&mut slow).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            reader.raw.extend_from_slice(&slow[..n]);
+        } else {
+            reader.raw.reserve(16 * 1024);
+            if socket.read_buf(&mut reader.raw).await? == 0 {
+                return Ok(());
+            }
         }
         let at = now_us();
         if reader.feed(&mut |block| on_block(block, at))?.is_break() || reader.ended {
@@ -183,6 +207,9 @@ struct Client {
     connected: bool,
     ended: bool,
     error: bool,
+    /// A deliberately slow reader (soak): not expected to keep up.
+    slow: bool,
+    reconnects: u64,
 }
 
 #[derive(Default)]
@@ -249,22 +276,77 @@ impl Shared {
 /// `E total partition:first:last ...` line (what every client must have received), waits
 /// for the clients to get everything (or be told they fell behind) and prints
 /// `RESULT {json}`.
-pub(crate) fn child_main(addr: SocketAddr, n: usize) -> Res<()> {
+///
+/// With `slow_every` > 0, every such client reads slowly, and reconnects with its last
+/// event id whenever its stream ends (as EventSource does); those are not expected to
+/// have everything.
+pub(crate) fn child_main(addr: SocketAddr, n: usize, slow_every: usize) -> Res<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, child(addr, n))
+    local.block_on(&runtime, child(addr, n, slow_every))
 }
 
-async fn child(addr: SocketAddr, n: usize) -> Res<()> {
+/// A slow client: reads 4 KiB every 100 ms, reconnects with its last id when told.
+async fn slow_client(
+    addr: SocketAddr,
+    i: usize,
+    shared: Rc<RefCell<Shared>>,
+    ready: tokio::sync::mpsc::UnboundedSender<bool>,
+) {
+    let mut ready = Some(ready);
+    let mut last_id: Option<String> = None;
+    loop {
+        let headers = last_id
+            .as_ref()
+            .map(|id| format!("last-event-id: {id}\r\n"))
+            .unwrap_or_default();
+        let pause = Some(Duration::from_millis(100));
+        let result = stream_paced(addr, "/orders/stream", &headers, pause, |block, _| {
+            match kind(block) {
+                Block::Connected => {
+                    shared.borrow_mut().clients[i].connected = true;
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(true);
+                    }
+                }
+                Block::Order { .. } => {
+                    shared.borrow_mut().clients[i].orders += 1;
+                    if let Some(id) = block_id(block) {
+                        last_id = Some(id);
+                    }
+                }
+                Block::Event(_) => shared.borrow_mut().clients[i].told = true,
+                Block::Comment => {}
+            }
+            ControlFlow::Continue(())
+        })
+        .await;
+        if let Some(tx) = ready.take() {
+            let _ = tx.send(false);
+        }
+        {
+            let mut s = shared.borrow_mut();
+            s.clients[i].error |= result.is_err();
+            s.clients[i].reconnects += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn child(addr: SocketAddr, n: usize, slow_every: usize) -> Res<()> {
     let shared = Rc::new(RefCell::new(Shared::default()));
     shared.borrow_mut().clients.resize_with(n, Client::default);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    for i in (0..n).filter(|i| slow_every > 0 && i % slow_every == slow_every - 1) {
+        shared.borrow_mut().clients[i].slow = true;
+        tokio::task::spawn_local(slow_client(addr, i, shared.clone(), ready_tx.clone()));
+    }
     // Opening thousands of connections at once overflows the listen backlog and costs
     // seconds of SYN retries; a few hundred at a time connect at once.
     let opening = Rc::new(tokio::sync::Semaphore::new(200));
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
-    for i in 0..n {
+    for i in (0..n).filter(|i| !shared.borrow().clients[*i].slow) {
         let (shared, opening, ready_tx) = (shared.clone(), opening.clone(), ready_tx.clone());
         tokio::task::spawn_local(async move {
             let permit = opening.acquire().await;
@@ -348,7 +430,7 @@ async fn child(addr: SocketAddr, n: usize) -> Res<()> {
             .borrow()
             .clients
             .iter()
-            .filter(|c| c.connected && !c.ended && !c.told && !complete(c))
+            .filter(|c| c.connected && !c.slow && !c.ended && !c.told && !complete(c))
             .count();
         if waiting == 0 || tokio::time::Instant::now() > deadline {
             break;
@@ -358,9 +440,11 @@ async fn child(addr: SocketAddr, n: usize) -> Res<()> {
     let mut s = shared.borrow_mut();
     let pending: u64 = s.pending.values().map(|v| v.len() as u64).sum();
     let latency = s.latency().encode();
-    let clients = &s.clients;
+    let all = &s.clients;
+    let clients: Vec<&Client> = all.iter().filter(|c| !c.slow).collect();
+    let slow: Vec<&Client> = all.iter().filter(|c| c.slow).collect();
     let result = json!({
-        "clients": n,
+        "clients": clients.len(),
         "connected": clients.iter().filter(|c| c.connected).count(),
         "complete": clients.iter().filter(|c| complete(c)).count(),
         "told": clients.iter().filter(|c| c.told).count(),
@@ -368,6 +452,10 @@ async fn child(addr: SocketAddr, n: usize) -> Res<()> {
         "out_of_order": clients.iter().filter(|c| c.out_of_order).count(),
         "errors": clients.iter().filter(|c| c.error).count(),
         "events": clients.iter().map(|c| c.orders).sum::<u64>(),
+        "slow_clients": slow.len(),
+        "slow_told": slow.iter().filter(|c| c.told).count(),
+        "slow_reconnects": slow.iter().map(|c| c.reconnects).sum::<u64>(),
+        "slow_events": slow.iter().map(|c| c.orders).sum::<u64>(),
         "before_ack": s.before_ack,
         "unacked_events": pending,
         "latency": latency,
