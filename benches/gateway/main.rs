@@ -243,8 +243,16 @@ async fn produce_section(
         eprintln!("produce: concurrency {c}");
         let health =
             produce::closed_loop(&Target::Healthz(addr), c, mode.warmup, mode.seconds, pid).await?;
+        let perf = perf_record(
+            gateway.pid(),
+            &format!("post-c{c}"),
+            mode.warmup + mode.seconds,
+        );
         let post =
             produce::closed_loop(&Target::Post(addr), c, mode.warmup, mode.seconds, pid).await?;
+        if let Some(mut perf) = perf {
+            let _ = perf.wait();
+        }
         let direct = produce::closed_loop(&raw, c, mode.warmup, mode.seconds, None).await?;
         rows.push(row(&health, &post, &direct));
         post_acked.extend_from_slice(&post.acked);
@@ -293,6 +301,20 @@ async fn produce_section(
         }),
         ready,
     ))
+}
+
+/// Profiling: BENCH_PERF_DIR=dir samples the gateway for `window`.
+fn perf_record(pid: u32, name: &str, window: Duration) -> Option<std::process::Child> {
+    let dir = std::env::var("BENCH_PERF_DIR").ok()?;
+    std::process::Command::new("perf")
+        .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
+        .arg(format!("{dir}/{name}.perf.data"))
+        .args(["-p", &pid.to_string(), "--", "sleep"])
+        .arg(window.as_secs_f64().to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()
 }
 
 fn row(health: &Run, post: &Run, raw: &Run) -> Value {
