@@ -152,8 +152,8 @@ pub(crate) async fn stream(
     stream_paced(addr, path, headers, None, on_block).await
 }
 
-/// A slow reader: at most 4 KiB per read, and a pause after each.
-const SLOW_READ: usize = 4 * 1024;
+/// A slow reader: at most 2 KiB per read, and a pause before each (about 35 order events/s).
+const SLOW_READ: usize = 2 * 1024;
 
 /// [`stream`], reading slowly when `pause` is set.
 async fn stream_paced(
@@ -288,7 +288,7 @@ pub(crate) fn child_main(addr: SocketAddr, n: usize, slow_every: usize) -> Res<(
     local.block_on(&runtime, child(addr, n, slow_every))
 }
 
-/// A slow client: reads 4 KiB every 100 ms, reconnects with its last id when told.
+/// A slow client: reads 2 KiB every 200 ms, reconnects with its last id when told.
 async fn slow_client(
     addr: SocketAddr,
     i: usize,
@@ -302,7 +302,7 @@ async fn slow_client(
             .as_ref()
             .map(|id| format!("last-event-id: {id}\r\n"))
             .unwrap_or_default();
-        let pause = Some(Duration::from_millis(100));
+        let pause = Some(Duration::from_millis(200));
         let result = stream_paced(addr, "/orders/stream", &headers, pause, |block, _| {
             match kind(block) {
                 Block::Connected => {
