@@ -87,11 +87,11 @@ impl ClientSettings {
             .set("enable.auto.offset.store", "false")
             // The original tracker.py read the topic from the beginning for a new group.
             .set("auto.offset.reset", "earliest")
-            // The longest a fetch waits for new records, and so the stream's latency on a
-            // broker that answers only at the deadline (Tansu: the 500 ms default gave a
-            // 155 ms median from POST to stream). Kafka answers as soon as a record
-            // arrives; there this only bounds idle polling (10 fetches/s).
-            .set("fetch.wait.max.ms", "100")
+            // fetch.wait.max.ms stays at librdkafka's 500 ms. Tansu answers a fetch only at
+            // that deadline, so it is most of the stream's latency there (100 ms cut the
+            // median from POST to stream from 155 to 37 ms), but a feed fetching that often
+            // reached the broker before the outage pause after a restart and crashed
+            // librdkafka (upstream 5280) in 4 of 12 runs of the restart test (0 of 12 now).
             .set("reconnect.backoff.max.ms", "1000");
         self.finish(c)
     }
