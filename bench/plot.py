@@ -41,7 +41,9 @@ def fanout(ax, report):
     runs = report.get("fanout", [])
     if not runs:
         return
-    labels = [f"{r['clients']:,} x {r['rate']}/s" for r in runs]
+    labels = [f"{r['clients']:,} x {r['rate']}/s"
+              + (f"\nfetch wait {r['feed_fetch_wait_ms']} ms*" if r.get("feed_fetch_wait_ms") else "")
+              for r in runs]
     x = range(len(runs))
     w = 0.4
     ax.bar([p - w / 2 for p in x], [r["e2e_latency"]["p50_ms"] for r in runs], w, label="e2e p50")

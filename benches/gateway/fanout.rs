@@ -23,6 +23,8 @@ pub(crate) struct Plan {
     pub(crate) clients: usize,
     pub(crate) rate: u32,
     pub(crate) seconds: u64,
+    /// Not the default: the tracker feed's fetch.wait.max.ms (see src/kafka/config.rs).
+    pub(crate) feed_fetch_wait_ms: Option<u32>,
 }
 
 pub(crate) struct ClientProcess {
@@ -81,9 +83,25 @@ pub(crate) async fn expect_line(
 }
 
 pub(crate) async fn run(bootstrap: &str, plan: &Plan, logs: &Path) -> Res<(Value, f64)> {
-    let name = format!("fanout-{}-{}", plan.clients, plan.rate);
-    eprintln!("fan-out: {} streams, {} orders/s", plan.clients, plan.rate);
-    let gateway = Gateway::start(Some(bootstrap), &name, &[], logs).await?;
+    let wait = plan.feed_fetch_wait_ms;
+    let name = format!(
+        "fanout-{}-{}{}",
+        plan.clients,
+        plan.rate,
+        wait.map_or(String::new(), |w| format!("-wait{w}"))
+    );
+    eprintln!(
+        "fan-out: {} streams, {} orders/s{}",
+        plan.clients,
+        plan.rate,
+        wait.map_or(String::new(), |w| format!(", feed fetch wait {w} ms"))
+    );
+    let setting = wait.map(|w| format!("fetch.wait.max.ms={w}"));
+    let env: Vec<(&str, &str)> = setting
+        .iter()
+        .map(|s| ("KAFKA_CONFIG", s.as_str()))
+        .collect();
+    let gateway = Gateway::start(Some(bootstrap), &name, &env, logs).await?;
     let ready_seconds = gateway.ready_seconds;
     let pid = gateway.pid();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -221,6 +239,7 @@ pub(crate) async fn run(bootstrap: &str, plan: &Plan, logs: &Path) -> Res<(Value
     let result = json!({
         "clients": plan.clients,
         "client_processes": processes,
+        "feed_fetch_wait_ms": wait,
         "rate": plan.rate,
         "seconds": plan.seconds,
         "connected": connected,
