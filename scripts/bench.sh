@@ -2,7 +2,7 @@
 # The load harness (bench/README.md): one machine, a local Tansu broker, the release build of
 # the gateway. Prints a table, writes JSON + markdown + a PNG plot.
 #
-#   bash scripts/bench.sh            full run (~8 min) -> bench/results/full.{json,md,png}
+#   bash scripts/bench.sh            full run (~5 min) -> bench/results/full.{json,md,png}
 #   bash scripts/bench.sh --quick    < 2 min           -> target/bench-results/quick.*
 #   bash scripts/bench.sh --soak 10  10-minute soak    -> target/bench-results/soak.*
 #
