@@ -2,9 +2,10 @@
 //! It knows orders and positions, never Kafka, so streaming is testable without a broker.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use crate::domain::{Position, TrackedOrder};
@@ -18,6 +19,9 @@ pub struct StreamEvent {
     pub data: String,
     /// The order itself, for filtering.
     pub order: TrackedOrder,
+    /// The event as the HTTP edge writes it, rendered by the first client that sends it and
+    /// shared by all the others (the hub does not know the wire format).
+    pub rendered: OnceLock<Bytes>,
 }
 
 /// What a subscriber gets next.
@@ -117,6 +121,7 @@ impl Hub {
             // A struct of strings and integers always serialises.
             data: serde_json::to_string(&order).unwrap_or_default(),
             order,
+            rendered: OnceLock::new(),
         });
         inner
             .kept_from
@@ -228,6 +233,16 @@ impl Subscription {
             Ok(event) => Next::Event(event),
             Err(broadcast::error::RecvError::Lagged(missed)) => Next::Lagged { missed },
             Err(broadcast::error::RecvError::Closed) => Next::Closed,
+        }
+    }
+
+    /// The next order if one is waiting, without waiting for it.
+    pub fn try_next(&mut self) -> Option<Next> {
+        match self.rx.try_recv() {
+            Ok(event) => Some(Next::Event(event)),
+            Err(broadcast::error::TryRecvError::Empty) => None,
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => Some(Next::Lagged { missed }),
+            Err(broadcast::error::TryRecvError::Closed) => Some(Next::Closed),
         }
     }
 }

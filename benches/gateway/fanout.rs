@@ -1,0 +1,267 @@
+//! Fan-out: N live streams spread over client processes while orders arrive at R/s.
+//! Every client must receive every acknowledged order; latency runs from the POST's 202 (at
+//! the harness) to the event's arrival (at the client), both on the machine's real-time clock.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+
+use super::Res;
+use super::hist::{Latency, round1, round3};
+use super::procs::{Gateway, rss_bytes};
+use super::produce::{Load, OnAck, Target, open_loop};
+
+/// Clients per process: one process holds ~9,000 connections (open-files limit 20,000).
+const PER_PROCESS: usize = 5_000;
+
+pub(crate) struct Plan {
+    pub(crate) clients: usize,
+    pub(crate) rate: u32,
+    pub(crate) seconds: u64,
+    /// Not the default: the tracker feed's fetch.wait.max.ms (see src/kafka/config.rs).
+    pub(crate) feed_fetch_wait_ms: Option<u32>,
+}
+
+pub(crate) struct ClientProcess {
+    pub(crate) child: Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+#[allow(unsafe_code)]
+pub(crate) fn spawn_clients(
+    addr: std::net::SocketAddr,
+    n: usize,
+    slow_every: usize,
+) -> Res<ClientProcess> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .args(["--role", "stream-clients", "--addr", &addr.to_string()])
+        .args(["--clients", &n.to_string()])
+        .args(["--slow-every", &slow_every.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    let stdout = child.stdout.take().ok_or("client process without stdout")?;
+    Ok(ClientProcess {
+        child,
+        lines: BufReader::new(stdout).lines(),
+    })
+}
+
+pub(crate) async fn expect_line(
+    p: &mut ClientProcess,
+    prefix: &str,
+    timeout: Duration,
+) -> Res<String> {
+    let line = tokio::time::timeout(timeout, async {
+        while let Some(line) = p.lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Ok::<_, std::io::Error>(Some(rest.trim().to_owned()));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .map_err(|_| format!("no {prefix} from a client process within {timeout:?}"))??;
+    line.ok_or_else(|| format!("a client process ended before {prefix}").into())
+}
+
+pub(crate) async fn run(bootstrap: &str, plan: &Plan, logs: &Path) -> Res<(Value, f64)> {
+    let wait = plan.feed_fetch_wait_ms;
+    let name = format!(
+        "fanout-{}-{}{}",
+        plan.clients,
+        plan.rate,
+        wait.map_or(String::new(), |w| format!("-wait{w}"))
+    );
+    eprintln!(
+        "fan-out: {} streams, {} orders/s{}",
+        plan.clients,
+        plan.rate,
+        wait.map_or(String::new(), |w| format!(", feed fetch wait {w} ms"))
+    );
+    let setting = wait.map(|w| format!("fetch.wait.max.ms={w}"));
+    let env: Vec<(&str, &str)> = setting
+        .iter()
+        .map(|s| ("KAFKA_CONFIG", s.as_str()))
+        .collect();
+    let gateway = Gateway::start(Some(bootstrap), &name, &env, logs).await?;
+    let ready_seconds = gateway.ready_seconds;
+    let pid = gateway.pid();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = rss_bytes(pid);
+
+    let processes = plan.clients.div_ceil(PER_PROCESS).max(2);
+    let mut children = Vec::new();
+    let mut left = plan.clients;
+    for i in 0..processes {
+        let n = left / (processes - i);
+        left -= n;
+        children.push(spawn_clients(gateway.addr, n, 0)?);
+    }
+    let (mut connected, mut failed) = (0u64, 0u64);
+    for c in &mut children {
+        let ready = expect_line(c, "READY", Duration::from_secs(120)).await?;
+        let v: Vec<u64> = ready
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        connected += v.first().copied().unwrap_or(0);
+        failed += v.get(1).copied().unwrap_or(0);
+    }
+    // Let buffers settle before measuring what idle streams cost.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_idle = rss_bytes(pid);
+    let per_stream = rss_idle.saturating_sub(rss_before) as f64 / connected.max(1) as f64;
+    eprintln!("  {connected} streams open ({failed} failed); {per_stream:.0} B per idle stream");
+
+    // Acks go to every client process in the order they happened.
+    let mut stdins: Vec<ChildStdin> = children
+        .iter_mut()
+        .filter_map(|c| c.child.stdin.take())
+        .collect();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let writer = tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            for s in &mut stdins {
+                if s.write_all(line.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let on_ack: OnAck = {
+        let tx = tx.clone();
+        Arc::new(move |a, at| {
+            let _ = tx.send(format!("A {} {} {at}\n", a.partition, a.offset));
+        })
+    };
+    let clients_cpu0: f64 = children
+        .iter()
+        .filter_map(|c| c.child.id())
+        .map(super::procs::cpu_seconds)
+        .sum();
+    // Profiling: BENCH_PERF_DIR=dir samples the gateway during the measured window.
+    let perf: Vec<_> = std::env::var("BENCH_PERF_DIR")
+        .ok()
+        .map(|dir| {
+            let (pid, seconds) = (pid.to_string(), plan.seconds.to_string());
+            let record = std::process::Command::new("perf")
+                .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
+                .arg(format!("{dir}/{name}.perf.data"))
+                .args(["-p", &pid, "--", "sleep", &seconds])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            // Writes on the sockets: how well events are coalesced.
+            let count = std::process::Command::new("perf")
+                .args([
+                    "stat",
+                    "-e",
+                    "syscalls:sys_enter_writev,syscalls:sys_enter_write",
+                ])
+                .arg("-o")
+                .arg(format!("{dir}/{name}.syscalls.txt"))
+                .args(["-p", &pid, "--", "sleep", &seconds])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            [record, count]
+        })
+        .into_iter()
+        .flatten()
+        .collect();
+    let run = open_loop(
+        &Target::Post(gateway.addr),
+        plan.rate,
+        Duration::ZERO,
+        Duration::from_secs(plan.seconds),
+        Some(pid),
+        Some(on_ack),
+    )
+    .await?;
+    for mut p in perf.into_iter().flatten() {
+        let _ = p.wait();
+    }
+    let mut parts: std::collections::BTreeMap<i32, (i64, i64)> = Default::default();
+    for a in &run.acked {
+        let e = parts.entry(a.partition).or_insert((a.offset, a.offset));
+        e.0 = e.0.min(a.offset);
+        e.1 = e.1.max(a.offset);
+    }
+    let spec: Vec<String> = parts
+        .iter()
+        .map(|(p, (a, b))| format!("{p}:{a}:{b}"))
+        .collect();
+    let _ = tx.send(format!("E {} {}\n", run.acked.len(), spec.join(" ")));
+    drop(tx);
+    writer.await?;
+
+    let mut latency = Latency::new();
+    let sum = |key: &str, v: &Value, acc: &mut u64| *acc += v[key].as_u64().unwrap_or(0);
+    let (mut complete, mut told, mut silent, mut events, mut before_ack, mut errors) =
+        (0, 0, 0, 0, 0, 0);
+    let mut clients_cpu = 0.0;
+    for c in &mut children {
+        let result = expect_line(c, "RESULT", Duration::from_secs(120)).await?;
+        let v: Value = serde_json::from_str(&result)?;
+        sum("complete", &v, &mut complete);
+        sum("told", &v, &mut told);
+        sum("silent_incomplete", &v, &mut silent);
+        sum("events", &v, &mut events);
+        sum("before_ack", &v, &mut before_ack);
+        sum("errors", &v, &mut errors);
+        latency.add(&Latency::decode(v["latency"].as_str().unwrap_or_default()));
+        if let Some(pid) = c.child.id() {
+            clients_cpu += super::procs::cpu_seconds(pid);
+        }
+        let _ = c.child.wait().await;
+    }
+    let usage = run.usage;
+    gateway.stop();
+    let orders = run.acked.len() as u64;
+    let result = json!({
+        "clients": plan.clients,
+        "client_processes": processes,
+        "feed_fetch_wait_ms": wait,
+        "rate": plan.rate,
+        "seconds": plan.seconds,
+        "connected": connected,
+        "connect_failed": failed,
+        "orders": orders,
+        "post_errors": run.errors,
+        "post_latency": run.latency.summary(),
+        "expected_events": orders * connected,
+        "events": events,
+        "complete_clients": complete,
+        "told_to_reconnect": told,
+        "silent_incomplete": silent,
+        "client_errors": errors,
+        "every_order_to_every_client": complete == connected && connected == plan.clients as u64,
+        "events_before_ack": before_ack,
+        "e2e_latency": latency.summary(),
+        "gateway_cpu_cores": usage.map(|u| round3(u.cpu_cores)),
+        "gateway_rss_peak_mib": usage.map(|u| round1(u.rss_peak as f64 / 1048576.0)),
+        "gateway_rss_idle_mib": round1(rss_idle as f64 / 1048576.0),
+        "bytes_per_idle_stream": per_stream.round(),
+        "client_cpu_seconds": round1(clients_cpu - clients_cpu0),
+        "load": match run.load { Load::Rate(r) => r, Load::Concurrency(_) => 0 },
+    });
+    Ok((result, ready_seconds))
+}

