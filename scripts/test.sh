@@ -9,6 +9,8 @@
 #   4. the live page in a real browser (Debian Chromium + playwright-core, node --test)
 #   5. supply chain: cargo-deny (licenses, bans, sources; advisories when reachable)
 #   6. fuzz targets: a short pass of each over its committed corpus (cargo-fuzz)
+#   7. the load harness in quick mode (bench/README.md): checks it runs and measures, and
+#      that no acknowledged order is lost or doubled; speed targets are reported, not enforced
 #
 # Everything is installed into project-local, git-ignored folders (.tools/, node_modules/).
 set -euo pipefail
@@ -59,5 +61,8 @@ bash scripts/check-deps.sh
 
 step "fuzz targets (${FUZZ_SECONDS:-30} s each over the committed corpus)"
 bash scripts/check-fuzz.sh
+
+step "load harness, quick mode (bench/README.md)"
+bash scripts/bench.sh --quick
 
 step "all tests passed"

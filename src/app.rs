@@ -97,7 +97,6 @@ pub async fn run(
             KafkaViews::new(&settings, &topic, &config.tracker_group_id)
                 .map_err(|e| AppError::Start("views client", e.to_string()))?,
         ),
-        admin_token: config.admin_token.clone(),
         edge: Arc::new(Edge::new(&config)),
         idempotency: Arc::new(Idempotency::new(
             config.idempotency_ttl,

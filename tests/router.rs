@@ -12,7 +12,6 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
 use orders_gateway::Config;
-use orders_gateway::config::Secret;
 use orders_gateway::domain::{Order, Position, TrackedOrder};
 use orders_gateway::history::{History, HistoryError, Replayed};
 use orders_gateway::http::edge::Edge;
@@ -111,7 +110,7 @@ struct Harness {
 }
 
 fn harness(publisher: FakePublisher, buffer: usize) -> Harness {
-    harness_with(publisher, buffer, &[])
+    harness_with(publisher, buffer, &["--admin-token", "s3cret"])
 }
 
 /// A harness whose edge policies come from these command-line flags.
@@ -127,7 +126,6 @@ fn harness_with(publisher: FakePublisher, buffer: usize, flags: &[&str]) -> Harn
         shutdown: CancellationToken::new(),
         stream_keep_alive: Duration::from_secs(15),
         views: Arc::new(FakeViews),
-        admin_token: Some(Secret::new("s3cret")),
         edge: Arc::new(Edge::new(&config)),
         idempotency: Arc::new(Idempotency::new(Duration::from_secs(60), 100)),
         history: Arc::new(FakeHistory),
@@ -470,8 +468,7 @@ async fn admin_views_need_the_bearer_token_when_one_is_set() {
 
 #[tokio::test]
 async fn without_a_token_admin_views_are_local_only() {
-    let mut h = harness(FakePublisher::default(), 16);
-    h.state.admin_token = None;
+    let h = harness_with(FakePublisher::default(), 16, &[]);
     let from = |ip: [u8; 4]| {
         let mut request = Request::get("/admin/topic").body(Body::empty()).unwrap();
         let addr = std::net::SocketAddr::from((ip, 40000));

@@ -67,7 +67,7 @@ fn authorize(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: &HeaderMap,
 ) -> Result<(), ApiError> {
-    match &state.admin_token {
+    match &state.edge.admin_token {
         Some(token) => {
             let presented = bearer(headers).unwrap_or_default();
             if constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) {

@@ -1,5 +1,6 @@
 //! The edge's limits and policies, built once from the configuration: body and header
-//! sizes, the request timeout, the rate limit, CORS and the tokens that may place orders.
+//! sizes, the request timeout, the rate limit, CORS and the bearer tokens. Shared behind one
+//! `Arc`, so cloning the state per request copies no strings.
 
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ pub struct Edge {
     pub request_timeout: Duration,
     /// `API_TOKENS`; empty: anyone may place orders.
     pub api_tokens: Vec<Secret>,
+    /// `ADMIN_TOKEN`; unset: the admin views answer loopback clients only.
+    pub admin_token: Option<Secret>,
     pub rate_limiter: Option<RateLimiter>,
     pub cors_allowed_origins: Vec<String>,
 }
@@ -32,6 +35,7 @@ impl Edge {
             max_header_bytes: config.max_header_bytes.get(),
             request_timeout: config.request_timeout,
             api_tokens: config.api_tokens.clone(),
+            admin_token: config.admin_token.clone(),
             rate_limiter: RateLimiter::new(config.rate_limit, config.rate_limit_burst.get()),
             cors_allowed_origins: config.cors_allowed_origins.clone(),
         }

@@ -27,7 +27,6 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::config::Secret;
 use crate::history::History;
 use crate::hub::Hub;
 use crate::idempotency::Idempotency;
@@ -52,8 +51,6 @@ pub struct AppState {
     pub history: Arc<dyn History>,
     /// One permit per open stream (MAX_STREAMS).
     pub streams: Arc<tokio::sync::Semaphore>,
-    /// `ADMIN_TOKEN`; never logged.
-    pub admin_token: Option<Secret>,
     /// Limits and policies applied to every request.
     pub edge: Arc<Edge>,
     /// Answers already given to `Idempotency-Key`s.
