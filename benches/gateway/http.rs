@@ -30,6 +30,12 @@ impl Conn {
         })
     }
 
+    /// Whether the server closed the connection (an idle keep-alive connection is closed after
+    /// the gateway's REQUEST_TIMEOUT); a pool must not hand it out again.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
     /// Sends one request and reads the whole answer: (status, body).
     pub(crate) async fn call(
         &mut self,

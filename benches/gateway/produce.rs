@@ -134,6 +134,9 @@ pub(crate) fn raw_producer(bootstrap: &str) -> Res<FutureProducer> {
 async fn once(target: &Target, conn: &mut Option<Conn>) -> Result<Option<Acked>, String> {
     match target {
         Target::Healthz(addr) | Target::Post(addr) => {
+            if conn.as_ref().is_some_and(Conn::is_closed) {
+                *conn = None;
+            }
             if conn.is_none() {
                 *conn = Some(Conn::open(*addr).await.map_err(|e| e.to_string())?);
             }
