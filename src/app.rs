@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::http::edge::Edge;
 use crate::http::server::{self, ConnectionLimits};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Services};
 use crate::hub::Hub;
 use crate::idempotency::Idempotency;
 use crate::kafka::ClientSettings;
@@ -87,7 +87,7 @@ pub async fn run(
     // Installed before any traffic so no count is lost.
     crate::telemetry::metrics();
     let cancel = CancellationToken::new();
-    let state = AppState {
+    let state = AppState::new(Services {
         publisher: publisher.clone(),
         hub: hub.clone(),
         readiness: readiness.clone(),
@@ -104,7 +104,7 @@ pub async fn run(
         )),
         history: Arc::new(KafkaHistory::new(&settings, &topic)),
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams.get())),
-    };
+    });
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
     let addr = listener
         .local_addr()

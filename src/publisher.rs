@@ -1,6 +1,7 @@
 //! The port between the HTTP edge and the store of orders: Kafka in production, a fake in
 //! handler tests. Only our own types cross it.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures_util::future::BoxFuture;
@@ -10,7 +11,8 @@ use crate::domain::Order;
 /// Where an acknowledged order was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
-    pub topic: String,
+    /// Shared, not copied per order.
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     /// The record's timestamp as the broker stored it.

@@ -5,11 +5,14 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::MatchedPath;
-use axum::http::Request;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::http::{HeaderValue, Method, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
+use tower_http::request_id::{MakeRequestId, RequestId};
 use tower_http::trace::{DefaultOnResponse, MakeSpan, TraceLayer};
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
@@ -131,18 +134,114 @@ pub async fn track_http(
     request: Request<Body>,
     next: Next,
 ) -> Response {
-    let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let method = request.method().to_string();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::histogram!("orders_gateway_http_request_duration_seconds",
-        "route" => route.clone(), "method" => method.clone())
-    .record(started.elapsed().as_secs_f64());
-    metrics::counter!("orders_gateway_http_requests_total",
-        "route" => route, "method" => method, "status" => status)
-    .increment(1);
+    let elapsed = started.elapsed().as_secs_f64();
+    HttpMetrics::record(route, method, response.status().as_u16(), elapsed);
     response
+}
+
+/// A bounded label for any method: the standard ones by name, the rest as `other`.
+fn method_label(method: &Method) -> &'static str {
+    [
+        Method::GET,
+        Method::POST,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::TRACE,
+        Method::CONNECT,
+    ]
+    .iter()
+    .find(|m| *m == method)
+    .map_or("other", Method::as_str)
+}
+
+/// The metric handles of one route and method, kept per worker thread. Building a
+/// labelled metric per request (label strings, key, registry lookup) was a visible share
+/// of a request's CPU; a handle points at the same shared counter.
+struct HttpMetrics {
+    route: &'static str,
+    method: &'static str,
+    duration: metrics::Histogram,
+    /// By status; a route answers with a handful.
+    by_status: Vec<(u16, metrics::Counter)>,
+}
+
+thread_local! {
+    static HTTP_METRICS: std::cell::RefCell<Vec<HttpMetrics>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl HttpMetrics {
+    fn record(route: &str, method: &'static str, status: u16, seconds: f64) {
+        HTTP_METRICS.with_borrow_mut(|all| {
+            let at = match all
+                .iter()
+                .position(|m| m.method == method && m.route == route)
+            {
+                Some(at) => at,
+                None => {
+                    all.push(Self::new(route, method));
+                    all.len() - 1
+                }
+            };
+            let metrics = &mut all[at];
+            metrics.duration.record(seconds);
+            metrics.requests(status).increment(1);
+        });
+    }
+
+    fn new(route: &str, method: &'static str) -> Self {
+        // Handles made before the recorder is installed would count nowhere.
+        metrics();
+        // One leaked copy per route template: as many as the router has routes.
+        let route: &'static str = Box::leak(route.to_owned().into_boxed_str());
+        Self {
+            route,
+            method,
+            duration: metrics::histogram!("orders_gateway_http_request_duration_seconds",
+                "route" => route, "method" => method),
+            by_status: Vec::new(),
+        }
+    }
+
+    fn requests(&mut self, status: u16) -> &metrics::Counter {
+        let at = match self.by_status.iter().position(|(s, _)| *s == status) {
+            Some(at) => at,
+            None => {
+                let counter = metrics::counter!("orders_gateway_http_requests_total",
+                    "route" => self.route, "method" => self.method, "status" => status.to_string());
+                self.by_status.push((status, counter));
+                self.by_status.len() - 1
+            }
+        };
+        &self.by_status[at].1
+    }
+}
+
+/// Request ids for requests that come without one: a random prefix per process and a
+/// counter, unique across replicas without a UUID (random bytes and formatting) per request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MakeRequestIds;
+
+impl MakeRequestId for MakeRequestIds {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        static PREFIX: OnceLock<String> = OnceLock::new();
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let prefix = PREFIX.get_or_init(|| {
+            let random = uuid::Uuid::new_v4().as_u128() as u64;
+            format!("{random:016x}")
+        });
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{prefix}-{n:x}"))
+            .ok()
+            .map(RequestId::new)
+    }
 }
 
 /// Help texts, and a zero for every unlabelled counter so dashboards see it before the

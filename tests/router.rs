@@ -15,7 +15,7 @@ use orders_gateway::Config;
 use orders_gateway::domain::{Order, Position, TrackedOrder};
 use orders_gateway::history::{History, HistoryError, Replayed};
 use orders_gateway::http::edge::Edge;
-use orders_gateway::http::{AppState, router};
+use orders_gateway::http::{AppState, Services, router};
 use orders_gateway::hub::Hub;
 use orders_gateway::idempotency::Idempotency;
 use orders_gateway::publisher::{PublishError, Publisher, Receipt};
@@ -119,7 +119,7 @@ fn harness_with(publisher: FakePublisher, buffer: usize, flags: &[&str]) -> Harn
         Config::try_parse_from(std::iter::once("orders-gateway").chain(flags.iter().copied()))
             .unwrap();
     let publisher = Arc::new(publisher);
-    let state = AppState {
+    let state = AppState::new(Services {
         publisher: publisher.clone(),
         hub: Arc::new(Hub::new("orders", buffer, 100)),
         readiness: Arc::new(Readiness::default()),
@@ -130,7 +130,7 @@ fn harness_with(publisher: FakePublisher, buffer: usize, flags: &[&str]) -> Harn
         idempotency: Arc::new(Idempotency::new(Duration::from_secs(60), 100)),
         history: Arc::new(FakeHistory),
         streams: Arc::new(tokio::sync::Semaphore::new(3)),
-    };
+    });
     Harness { state, publisher }
 }
 

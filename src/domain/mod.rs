@@ -3,5 +3,5 @@
 pub mod order;
 pub mod position;
 
-pub use order::{FieldError, NewOrder, Order, TrackedOrder};
+pub use order::{FieldError, NewOrder, Order, Rejected, TrackedOrder};
 pub use position::{Position, PositionError};

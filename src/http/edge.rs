@@ -12,7 +12,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::AppState;
 use super::error::ApiError;
-use super::rate_limit::RateLimiter;
+use super::rate_limit::{self, RateLimiter};
 use crate::config::{Config, Secret};
 
 /// What every request is checked against before a handler sees it.
@@ -75,10 +75,18 @@ impl Edge {
     }
 }
 
-/// Refuses oversized header blocks (431) and requests that do not finish within
-/// REQUEST_TIMEOUT (408). A stream counts only until its answer starts.
-pub async fn bound(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Every request passes here before its handler: refused (429) when its client is over
+/// RATE_LIMIT, refused (431) when its header block is larger than MAX_HEADER_BYTES, and
+/// answered 408 when it does not finish within REQUEST_TIMEOUT (a stream counts only until
+/// its answer starts). One middleware, not one per check: axum's `from_fn` clones its inner
+/// service and boxes a future for every request it passes.
+pub async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let edge = &state.edge;
+    if let Some(limiter) = &edge.rate_limiter
+        && let Err(refused) = rate_limit::admit(limiter, &request)
+    {
+        return refused.into_response();
+    }
     let header_bytes: usize = request
         .headers()
         .iter()

@@ -3,14 +3,14 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode, header};
-use serde_json::Value;
 
 use super::AppState;
 use super::error::ApiError;
 
-/// A request body declared as JSON and parsed as such, not yet checked against any shape.
+/// A request body declared as JSON, within the size limit, not parsed yet: the handler
+/// reads it straight into its own type.
 #[derive(Debug)]
-pub struct JsonBody(pub Value);
+pub struct JsonBody(pub Bytes);
 
 impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
@@ -19,16 +19,16 @@ impl FromRequest<AppState> for JsonBody {
         if !declares_json(req.headers()) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(state.edge.body_limit)
-            } else {
-                ApiError::BadRequest(rejection.body_text())
-            }
-        })?;
-        serde_json::from_slice(&bytes)
+        Bytes::from_request(req, state)
+            .await
             .map(JsonBody)
-            .map_err(|e| ApiError::MalformedJson(e.to_string()))
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge(state.edge.body_limit)
+                } else {
+                    ApiError::BadRequest(rejection.body_text())
+                }
+            })
     }
 }
 
@@ -45,11 +45,12 @@ fn declares_json(headers: &HeaderMap) -> bool {
         .next()
         .unwrap_or_default()
         .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || essence
-            .strip_prefix("application/")
-            .is_some_and(|sub| sub.ends_with("+json"))
+        .as_bytes();
+    let (prefix, json) = (b"application/".as_slice(), b"+json".as_slice());
+    essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() >= prefix.len() + json.len()
+            && essence[..prefix.len()].eq_ignore_ascii_case(prefix)
+            && essence[essence.len() - json.len()..].eq_ignore_ascii_case(json))
 }
 
 #[cfg(test)]
@@ -68,6 +69,7 @@ mod tests {
             "application/json",
             "Application/JSON; charset=utf-8",
             "application/merge-patch+json",
+            "APPLICATION/Problem+JSON",
         ] {
             assert!(declares_json(&with(ok)), "{ok}");
         }
@@ -76,6 +78,7 @@ mod tests {
             "application/jsonx",
             "text/json",
             "application/x-www-form-urlencoded",
+            "text/plain+json",
         ] {
             assert!(!declares_json(&with(bad)), "{bad}");
         }

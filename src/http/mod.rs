@@ -22,7 +22,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::middleware::from_fn_with_state;
 use tokio_util::sync::CancellationToken;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -37,9 +37,28 @@ use crate::views::ClusterViews;
 use edge::Edge;
 use error::ApiError;
 
-/// What every handler may use; cheap to clone.
+/// What every handler may use, behind one `Arc`: axum clones the state for each
+/// middleware and extractor of every request, and one reference count is cheaper than one
+/// per service (cloning and dropping the fields was 5% of a POST's CPU in the profile).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The services behind [`AppState`].
+pub struct Services {
     pub publisher: Arc<dyn Publisher>,
     pub hub: Arc<Hub>,
     pub readiness: Arc<Readiness>,
@@ -125,8 +144,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.edge.body_limit))
-        .layer(from_fn_with_state(state.clone(), edge::bound))
-        .layer(from_fn_with_state(state.clone(), rate_limit::limit));
+        .layer(from_fn_with_state(state.clone(), edge::admit));
     let router = match state.edge.cors() {
         Some(cors) => router.layer(cors),
         None => router,
@@ -136,7 +154,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(telemetry::track_http))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(telemetry::trace_layer())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(telemetry::MakeRequestIds))
         .with_state(state)
 }
 

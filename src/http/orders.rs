@@ -2,13 +2,11 @@
 
 use std::time::SystemTime;
 
-use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use serde::Serialize;
-use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -16,8 +14,9 @@ use super::auth::MayOrder;
 use super::error::{ApiError, Problem};
 use super::json::JsonBody;
 use crate::domain::order::rfc3339;
-use crate::domain::{NewOrder, Order};
+use crate::domain::{NewOrder, Order, Rejected};
 use crate::idempotency::{IdempotencyKey, KeyReused, Source};
+use crate::publisher::Receipt;
 
 /// The answer to an acknowledged order: the order as stored, and where.
 #[derive(Debug, Serialize, ToSchema)]
@@ -79,54 +78,82 @@ pub async fn place_order(
     State(state): State<AppState>,
     _: MayOrder,
     headers: HeaderMap,
-    JsonBody(mut body): JsonBody,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    if let (Some(key), Value::Object(fields)) = (&key, &mut body) {
-        // Without an id of its own, the order takes the key's: retries on any instance
-        // then name the same order.
-        if fields.get("order_id").is_none_or(Value::is_null) {
-            fields.insert("order_id".into(), key.order_id().to_string().into());
-        }
-    }
-    let order = Order::parse(body, SystemTime::now()).map_err(ApiError::Validation)?;
+    // Without an id of its own, an order sent with a key takes the key's: retries on any
+    // instance then name the same order.
+    let order = Order::from_json(
+        &body,
+        SystemTime::now(),
+        key.as_ref().map(IdempotencyKey::order_id),
+    )
+    .map_err(|rejected| match rejected {
+        Rejected::Malformed(why) => ApiError::MalformedJson(why),
+        Rejected::Invalid(errors) => ApiError::Validation(errors),
+    })?;
     tracing::Span::current().record("order_id", tracing::field::display(order.order_id));
     let traceparent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| is_traceparent(v))
-        .map(str::to_owned);
-    let publisher = state.publisher.clone();
-    let publish = move |order: Order| {
-        async move {
-            let receipt = publisher.publish(&order, traceparent.as_deref()).await?;
-            Ok((order, receipt))
-        }
-        .boxed()
-    };
+        .filter(|v| is_traceparent(v));
     let (outcome, source) = match key {
-        None => (publish(order).await, Source::Published),
-        Some(key) => state
-            .idempotency
-            .place(key, order, publish)
-            .await
-            .map_err(|KeyReused| ApiError::IdempotencyKeyReused)?,
+        None => {
+            let receipt = state.publisher.publish(&order, traceparent).await;
+            (receipt.map(|receipt| (order, receipt)), Source::Published)
+        }
+        Some(key) => {
+            let (publisher, traceparent) =
+                (state.publisher.clone(), traceparent.map(str::to_owned));
+            let publish = move |order: Order| {
+                async move {
+                    let receipt = publisher.publish(&order, traceparent.as_deref()).await?;
+                    Ok((order, receipt))
+                }
+                .boxed()
+            };
+            state
+                .idempotency
+                .place(key, order, publish)
+                .await
+                .map_err(|KeyReused| ApiError::IdempotencyKeyReused)?
+        }
     };
     let (order, receipt) = outcome?;
-    let accepted = OrderAccepted {
-        order,
-        topic: receipt.topic,
-        partition: receipt.partition,
-        offset: receipt.offset,
-        timestamp: rfc3339(receipt.timestamp),
-    };
-    let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
+    let mut response = (
+        StatusCode::ACCEPTED,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        accepted_json(&order, &receipt),
+    )
+        .into_response();
     if source == Source::Replayed {
         response
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// The [`OrderAccepted`] JSON: the record value with where it was written appended, so the
+/// order is serialised once per request, not twice.
+fn accepted_json(order: &Order, receipt: &Receipt) -> Vec<u8> {
+    let record = order.json();
+    let mut out = Vec::with_capacity(record.len() + 96 + receipt.topic.len());
+    out.extend_from_slice(record.strip_suffix(b"}").unwrap_or(record));
+    out.extend_from_slice(br#","topic":"#);
+    // Writing a string into memory cannot fail.
+    let _ = serde_json::to_writer(&mut out, &*receipt.topic);
+    out.extend_from_slice(br#","partition":"#);
+    out.extend_from_slice(itoa::Buffer::new().format(receipt.partition).as_bytes());
+    out.extend_from_slice(br#","offset":"#);
+    out.extend_from_slice(itoa::Buffer::new().format(receipt.offset).as_bytes());
+    out.extend_from_slice(br#","timestamp":""#);
+    out.extend_from_slice(rfc3339(receipt.timestamp).as_bytes());
+    out.extend_from_slice(br#""}"#);
+    out
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
@@ -157,7 +184,37 @@ fn is_traceparent(value: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_traceparent;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    #[test]
+    fn the_accepted_answer_is_what_order_accepted_serialises_to() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_166_282_123);
+        let order = Order::from_json(
+            br#"{"user":"l\u00e4ra","item":"frozen \"yogurt\"","quantity":10}"#,
+            at,
+            None,
+        )
+        .unwrap();
+        let receipt = Receipt {
+            topic: "orders.\"eu\"".into(),
+            partition: 2,
+            offset: 41,
+            timestamp: at + Duration::from_millis(5),
+        };
+        let documented = OrderAccepted {
+            order: order.clone(),
+            topic: receipt.topic.to_string(),
+            partition: receipt.partition,
+            offset: receipt.offset,
+            timestamp: rfc3339(receipt.timestamp),
+        };
+        assert_eq!(
+            String::from_utf8(accepted_json(&order, &receipt)).unwrap(),
+            serde_json::to_string(&documented).unwrap()
+        );
+    }
 
     #[test]
     fn only_valid_w3c_traceparents_are_carried() {

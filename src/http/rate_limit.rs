@@ -7,11 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::{ConnectInfo, Request};
 
-use super::AppState;
 use super::error::ApiError;
 
 /// Clients remembered before idle ones are dropped; bounds memory under address churn.
@@ -59,14 +56,12 @@ impl RateLimiter {
     }
 }
 
-/// Answers 429 with Retry-After to clients over their allowance. Health, readiness and
-/// metrics are never limited: an orchestrator's probes must not be mistaken for abuse.
-pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(limiter) = &state.edge.rate_limiter else {
-        return next.run(request).await;
-    };
+/// Takes one request from its client's allowance; over it, the 429 to answer. Health,
+/// readiness and metrics are never limited: an orchestrator's probes must not be mistaken
+/// for abuse.
+pub fn admit(limiter: &RateLimiter, request: &Request) -> Result<(), ApiError> {
     if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
-        return next.run(request).await;
+        return Ok(());
     }
     let client = request
         .extensions()
@@ -74,14 +69,10 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(addr)| {
             addr.ip()
         });
-    match limiter.check(client, Instant::now()) {
-        Ok(()) => next.run(request).await,
-        Err(wait) => {
-            metrics::counter!("orders_gateway_rate_limited_total").increment(1);
-            let seconds = u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX);
-            ApiError::RateLimited(seconds).into_response()
-        }
-    }
+    limiter.check(client, Instant::now()).map_err(|wait| {
+        metrics::counter!("orders_gateway_rate_limited_total").increment(1);
+        ApiError::RateLimited(u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX))
+    })
 }
 
 #[cfg(test)]

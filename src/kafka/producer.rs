@@ -1,6 +1,6 @@
 //! The Kafka producer behind `POST /orders`: one per process, acks=all, idempotent.
 
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
@@ -21,8 +21,9 @@ pub struct KafkaPublisher {
     /// never deliver again (see [`KafkaPublisher::renew`]).
     producer: RwLock<FutureProducer>,
     config: ClientConfig,
-    topic: String,
+    topic: Arc<str>,
     timeout: Duration,
+    metrics: OnceLock<ProduceMetrics>,
 }
 
 impl KafkaPublisher {
@@ -37,8 +38,9 @@ impl KafkaPublisher {
         Ok(Self {
             producer,
             config,
-            topic: topic.to_owned(),
+            topic: topic.into(),
             timeout,
+            metrics: OnceLock::new(),
         })
     }
 
@@ -92,8 +94,8 @@ impl KafkaPublisher {
         order: &Order,
         traceparent: Option<&str>,
     ) -> Result<Receipt, PublishError> {
-        let key = order.order_id.to_string();
-        let payload = order.to_json();
+        let mut key = uuid::Uuid::encode_buffer();
+        let key = order.order_id.hyphenated().encode_lower(&mut key);
         let mut headers = OwnedHeaders::new().insert(Header {
             key: "content-type",
             value: Some("application/json"),
@@ -107,8 +109,8 @@ impl KafkaPublisher {
         }
         let created = millis(order.accepted_at);
         let record = FutureRecord::to(&self.topic)
-            .key(&key)
-            .payload(&payload)
+            .key(key.as_bytes())
+            .payload(order.json())
             .headers(headers)
             .timestamp(created);
         // send_result never waits for queue space: a full queue is an immediate 503.
@@ -154,17 +156,47 @@ impl Publisher for KafkaPublisher {
             let started = std::time::Instant::now();
             let result = self.send(order, traceparent).await;
             let outcome = match &result {
-                Ok(_) => "acked",
-                Err(PublishError::QueueFull) => "queue_full",
-                Err(PublishError::Timeout) => "timeout",
-                Err(PublishError::Unavailable(_)) => "unavailable",
+                Ok(_) => Outcome::Acked,
+                Err(PublishError::QueueFull) => Outcome::QueueFull,
+                Err(PublishError::Timeout) => Outcome::Timeout,
+                Err(PublishError::Unavailable(_)) => Outcome::Unavailable,
             };
-            metrics::histogram!("orders_gateway_produce_duration_seconds", "outcome" => outcome)
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!("orders_gateway_produce_total", "outcome" => outcome).increment(1);
+            let (duration, total) = self.metrics.get_or_init(ProduceMetrics::new).of(outcome);
+            duration.record(started.elapsed().as_secs_f64());
+            total.increment(1);
             result
         }
         .boxed()
+    }
+}
+
+/// How a produce ended, as the `outcome` label says it.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Acked,
+    QueueFull,
+    Timeout,
+    Unavailable,
+}
+
+/// The produce metrics by outcome, made once: building a labelled metric per order (key,
+/// labels, registry lookup) is work the handles do once.
+struct ProduceMetrics([(metrics::Histogram, metrics::Counter); 4]);
+
+impl ProduceMetrics {
+    fn new() -> Self {
+        // Handles made before the recorder is installed would count nowhere.
+        crate::telemetry::metrics();
+        Self(["acked", "queue_full", "timeout", "unavailable"].map(|outcome| {
+            (
+                metrics::histogram!("orders_gateway_produce_duration_seconds", "outcome" => outcome),
+                metrics::counter!("orders_gateway_produce_total", "outcome" => outcome),
+            )
+        }))
+    }
+
+    fn of(&self, outcome: Outcome) -> &(metrics::Histogram, metrics::Counter) {
+        &self.0[outcome as usize]
     }
 }
 
