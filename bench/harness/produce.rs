@@ -71,6 +71,27 @@ pub(crate) struct Run {
 }
 
 impl Run {
+    /// A run that was not made (the baseline build measures no raw producer).
+    pub(crate) fn skipped(target: &Target, concurrency: usize) -> Self {
+        Self {
+            target: target.name(),
+            load: Load::Concurrency(concurrency),
+            seconds: 0.0,
+            ok: 0,
+            errors: 0,
+            latency: Latency::new(),
+            usage: None,
+            acked: Vec::new(),
+        }
+    }
+
+    /// Microseconds of gateway CPU per successful request: the figure that does not
+    /// depend on how many cores the broker and the load generator leave the gateway.
+    pub(crate) fn cpu_us_per_request(&self) -> Option<f64> {
+        let usage = self.usage?;
+        (self.ok > 0).then(|| usage.cpu_cores * self.seconds * 1e6 / self.ok as f64)
+    }
+
     pub(crate) fn per_second(&self) -> f64 {
         self.ok as f64 / self.seconds.max(1e-9)
     }
@@ -90,6 +111,7 @@ impl Run {
             "per_second": round1(self.per_second()),
             "latency": self.latency.summary(),
             "gateway_cpu_cores": self.usage.map(|u| super::hist::round3(u.cpu_cores)),
+            "gateway_cpu_us_per_request": self.cpu_us_per_request().map(round1),
             "gateway_rss_peak_mib": self.usage.map(|u| round1(u.rss_peak as f64 / 1048576.0)),
             "gateway_rss_end_mib": self.usage.map(|u| round1(u.rss_end as f64 / 1048576.0)),
         })
@@ -389,6 +411,13 @@ pub(crate) struct Verified {
 }
 
 impl Verified {
+    pub(crate) fn add(&mut self, other: Self) {
+        self.acked += other.acked;
+        self.found += other.found;
+        self.lost += other.lost;
+        self.duplicated += other.duplicated;
+    }
+
     pub(crate) fn to_json(self) -> Value {
         json!({"acked": self.acked, "found": self.found, "lost": self.lost, "duplicated": self.duplicated})
     }

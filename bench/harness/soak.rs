@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use super::Res;
 use super::fanout::{expect_line, spawn_clients};
 use super::hist::{Latency, round1, round3};
-use super::procs::{Broker, Gateway, cpu_seconds, rss_bytes};
+use super::procs::{Broker, Build, Gateway, cpu_seconds, rss_bytes};
 use super::produce::{OnAck, Target, open_loop, verify};
 
 const RATE: u32 = 200;
@@ -24,8 +24,9 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 pub(crate) async fn run(minutes: f64, out: &Path, name: &str) -> Res<()> {
     let logs = out.join(format!("{name}-logs"));
     std::fs::create_dir_all(&logs)?;
-    let broker = Broker::start(&logs)?;
-    let gateway = Gateway::start(Some(&broker.bootstrap), "soak", &[], &logs).await?;
+    let broker = Broker::start(&logs, "soak")?;
+    let gateway =
+        Gateway::start(Build::Current, Some(&broker.bootstrap), "soak", &[], &logs).await?;
     let pid = gateway.pid();
     let seconds = Duration::from_secs_f64(minutes * 60.0);
     eprintln!(
