@@ -133,6 +133,17 @@ pub struct Background {
 
 impl Background {
     pub async fn open(http: &reqwest::Client, url: &str) -> Self {
+        Self::open_reconnecting_after(http, url, Duration::ZERO).await
+    }
+
+    /// Like `open`, but waits `pause` before each reconnect, as EventSource waits the
+    /// `retry` the stream asked for: what the client misses meanwhile must come with the
+    /// resume.
+    pub async fn open_reconnecting_after(
+        http: &reqwest::Client,
+        url: &str,
+        pause: Duration,
+    ) -> Self {
         let mut stream = SseStream::open(http, url).await;
         let events = Arc::new(Mutex::new(Vec::new()));
         let resumes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -152,6 +163,7 @@ impl Background {
                     }
                     let Some(id) = &last_id else { return };
                     resumes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(pause).await;
                     stream = reopen(&http, &url, id).await;
                 }
             }
@@ -161,6 +173,11 @@ impl Background {
             resumes,
             task,
         }
+    }
+
+    /// Every event so far.
+    pub fn events(&self) -> Vec<SseEvent> {
+        self.events.lock().unwrap().clone()
     }
 
     /// How often the client had to reconnect.
