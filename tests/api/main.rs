@@ -9,4 +9,5 @@ mod helpers;
 mod ops;
 mod orders;
 mod process;
+mod replicas;
 mod stream;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -32,9 +33,19 @@ pub struct Load {
 impl Load {
     /// `workers` clients, each placing one order after another on `base`.
     pub fn start(base: &str, workers: usize) -> Self {
+        Self::spawn(base, workers, None)
+    }
+
+    /// `workers` clients, each placing an order every `pause` or so on `base`, each order
+    /// over a new connection, so a balancer in front of several replicas spreads them.
+    pub fn paced(base: &str, workers: usize, pause: Duration) -> Self {
+        Self::spawn(base, workers, Some(pause))
+    }
+
+    fn spawn(base: &str, workers: usize, pause: Option<Duration>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let workers = (0..workers)
-            .map(|_| tokio::spawn(work(base.to_owned(), stop.clone())))
+            .map(|_| tokio::spawn(work(base.to_owned(), stop.clone(), pause)))
             .collect();
         Self { stop, workers }
     }
@@ -50,18 +61,21 @@ impl Load {
     }
 }
 
-async fn work(base: String, stop: Arc<AtomicBool>) -> Vec<Answer> {
+async fn work(base: String, stop: Arc<AtomicBool>, pause: Option<Duration>) -> Vec<Answer> {
     // Far above any PRODUCE_TIMEOUT the tests use: a request this slow is a hang.
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("http client");
+    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if pause.is_some() {
+        http = http.pool_max_idle_per_host(0);
+    }
+    let http = http.build().expect("http client");
     let mut answers = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let answer = place(&http, &base).await;
         let answered = answer.status.is_some();
         answers.push(answer);
-        if !answered {
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        } else if !answered {
             // Nobody listens: do not spin.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -128,6 +142,15 @@ pub fn tally(answers: &[Answer]) -> Tally {
 /// records the topic holds (orders whose POST failed may be among them: a timeout does
 /// not mean "not written").
 pub fn assert_acknowledged_on_topic(bootstrap: &str, topic: &str, answers: &[Answer]) -> usize {
+    acknowledged_on_topic(bootstrap, topic, answers).len()
+}
+
+/// [`assert_acknowledged_on_topic`], returning the topic's records.
+pub fn acknowledged_on_topic(
+    bootstrap: &str,
+    topic: &str,
+    answers: &[Answer],
+) -> Vec<OwnedMessage> {
     let acknowledged: Vec<&Answer> = answers.iter().filter(|a| a.status == Some(202)).collect();
     let records = kafka::read_all(bootstrap, topic, 3, acknowledged.len());
     let mut at = HashMap::new();
@@ -154,5 +177,5 @@ pub fn assert_acknowledged_on_topic(bootstrap: &str, topic: &str, answers: &[Ans
             answer.order_id
         );
     }
-    records.len()
+    records
 }

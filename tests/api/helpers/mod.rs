@@ -1,10 +1,12 @@
-//! Shared test helpers: brokers, an in-process gateway, an SSE reader, Kafka clients.
+//! Shared test helpers: brokers, an in-process gateway, an SSE reader, Kafka clients,
+//! TCP proxies.
 
 pub mod broker;
 pub mod gateway;
 pub mod kafka;
 pub mod load;
 pub mod proxy;
+pub mod round_robin;
 pub mod sse;
 
 use std::net::SocketAddr;

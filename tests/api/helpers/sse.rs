@@ -41,11 +41,20 @@ impl SseStream {
     }
 
     async fn opened(request: reqwest::RequestBuilder) -> Self {
+        Self::try_open(request)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Opens `request`; `Err` when the connection fails before the stream is open (a
+    /// dropped or refused connection: EventSource tries again). Any answer but 200 fails
+    /// the test, as EventSource gives up on those.
+    pub async fn try_open(request: reqwest::RequestBuilder) -> Result<Self, String> {
         let response = request
             .header("accept", "text/event-stream")
             .send()
             .await
-            .expect("open stream");
+            .map_err(|e| format!("open stream: {e}"))?;
         assert_eq!(
             response.status(),
             200,
@@ -61,9 +70,9 @@ impl SseStream {
         let opening = stream
             .next_block(Duration::from_secs(5))
             .await
-            .expect("opening comment");
+            .ok_or("the stream ended before its opening comment")?;
         assert_eq!(opening.comments, ["connected"]);
-        stream
+        Ok(stream)
     }
 
     /// The next block (event or comment-only), or `None` when the stream ended or
@@ -124,6 +133,17 @@ pub struct Background {
 
 impl Background {
     pub async fn open(http: &reqwest::Client, url: &str) -> Self {
+        Self::open_reconnecting_after(http, url, Duration::ZERO).await
+    }
+
+    /// Like `open`, but waits `pause` before each reconnect, as EventSource waits the
+    /// `retry` the stream asked for: what the client misses meanwhile must come with the
+    /// resume.
+    pub async fn open_reconnecting_after(
+        http: &reqwest::Client,
+        url: &str,
+        pause: Duration,
+    ) -> Self {
         let mut stream = SseStream::open(http, url).await;
         let events = Arc::new(Mutex::new(Vec::new()));
         let resumes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -143,7 +163,8 @@ impl Background {
                     }
                     let Some(id) = &last_id else { return };
                     resumes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    stream = SseStream::open_with_header(&http, &url, id).await;
+                    tokio::time::sleep(pause).await;
+                    stream = reopen(&http, &url, id).await;
                 }
             }
         });
@@ -152,6 +173,11 @@ impl Background {
             resumes,
             task,
         }
+    }
+
+    /// Every event so far.
+    pub fn events(&self) -> Vec<SseEvent> {
+        self.events.lock().unwrap().clone()
     }
 
     /// How often the client had to reconnect.
@@ -167,6 +193,11 @@ impl Background {
             }
             if events.len() >= n {
                 Ok(events)
+            } else if self.task.is_finished() {
+                panic!(
+                    "the reader stopped (see above) after {} orders",
+                    events.len()
+                )
             } else {
                 Err(format!("only {} of {n} orders arrived", events.len()))
             }
@@ -188,6 +219,21 @@ impl Background {
             ))
         })
         .await;
+    }
+}
+
+/// Reconnects with `Last-Event-ID` the way EventSource does: while the connection fails
+/// (a replica that just died), again after a pause; the test fails after 10 s of that.
+async fn reopen(http: &reqwest::Client, url: &str, last_event_id: &str) -> SseStream {
+    let mut failures = Vec::new();
+    loop {
+        let request = http.get(url).header("last-event-id", last_event_id);
+        match SseStream::try_open(request).await {
+            Ok(stream) => return stream,
+            Err(e) => failures.push(e),
+        }
+        assert!(failures.len() < 50, "cannot reconnect: {failures:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
