@@ -58,18 +58,37 @@ impl Readiness {
 
     /// Records whether the broker answered.
     pub fn set_broker(&self, ok: bool) {
-        self.checks.send_if_modified(|c| replace(&mut c.broker, ok));
+        self.update(|c| replace(&mut c.broker, ok));
     }
 
     /// Records whether the topic exists.
     pub fn set_topic(&self, ok: bool) {
-        self.checks.send_if_modified(|c| replace(&mut c.topic, ok));
+        self.update(|c| replace(&mut c.topic, ok));
     }
 
     /// Records whether the tracker holds partitions.
     pub fn set_tracker(&self, ok: bool) {
-        self.checks
-            .send_if_modified(|c| replace(&mut c.tracker, ok));
+        self.update(|c| replace(&mut c.tracker, ok));
+    }
+
+    /// Applies `change` (which tells whether it changed anything) and, when that flipped
+    /// [`Checks::ready`], updates `orders_gateway_ready` and counts the flip, so the
+    /// metrics say what /readyz says. Every gateway of a process shares the metrics
+    /// recorder (tests run several): there the gauge follows the last one that flipped.
+    fn update(&self, change: impl FnOnce(&mut Checks) -> bool) {
+        let mut flipped = None;
+        self.checks.send_if_modified(|c| {
+            let before = c.ready();
+            let changed = change(c);
+            if c.ready() != before {
+                flipped = Some(c.ready());
+            }
+            changed
+        });
+        if let Some(ready) = flipped {
+            metrics::gauge!("orders_gateway_ready").set(if ready { 1.0 } else { 0.0 });
+            metrics::counter!("orders_gateway_readiness_changes_total").increment(1);
+        }
     }
 
     /// A receiver that sees every change of the checks.
@@ -113,6 +132,30 @@ mod tests {
         assert!(r.checks().ready() && r.checks().missing().is_empty());
         r.set_broker(false);
         assert!(!r.checks().ready());
+    }
+
+    #[test]
+    fn the_ready_gauge_and_flip_counter_follow_ready() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let r = Readiness::default();
+            r.set_broker(true);
+            r.set_topic(true);
+            r.set_tracker(true);
+            assert!(handle.render().contains("orders_gateway_ready 1"));
+            r.set_tracker(true);
+            r.topic_recreated();
+            r.set_broker(false);
+            r.set_topic(false);
+        });
+        let text = handle.render();
+        assert!(text.contains("orders_gateway_ready 0"), "{text}");
+        // Only the two flips of ready count, not every change of a check.
+        assert!(
+            text.contains("orders_gateway_readiness_changes_total 2"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

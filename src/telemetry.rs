@@ -306,7 +306,27 @@ fn describe_metrics() {
         "orders_gateway_rate_limited_total",
         "Requests answered 429 because their client exceeded RATE_LIMIT"
     );
+    describe_counter!(
+        "orders_gateway_producer_renewals_total",
+        "Producers started over, by reason: topic_recreated, identity_lost, fatal, watchdog \
+         (orders kept timing out while the broker answered and the topic existed)"
+    );
+    for reason in crate::kafka::watchdog::RenewReason::ALL {
+        metrics::counter!("orders_gateway_producer_renewals_total", "reason" => reason.as_str())
+            .increment(0);
+    }
+    describe_gauge!(
+        "orders_gateway_ready",
+        "1 while GET /readyz answers 200 (broker reachable, topic present, tracker holds \
+         partitions), else 0"
+    );
+    describe_counter!(
+        "orders_gateway_readiness_changes_total",
+        "Times readiness flipped between ready and not ready"
+    );
+    metrics::gauge!("orders_gateway_ready").set(0.0);
     for name in [
+        "orders_gateway_readiness_changes_total",
         "orders_gateway_idempotency_replays_total",
         "orders_gateway_idempotency_keys_evicted_total",
         "orders_gateway_rate_limited_total",

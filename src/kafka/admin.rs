@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ClientSettings;
 use super::producer::KafkaPublisher;
+use super::watchdog::RenewReason;
 use crate::hub::Hub;
 use crate::readiness::Readiness;
 
@@ -71,11 +72,13 @@ impl TopicSupervisor {
                 log_change(probe, &self.topic.name);
                 last = Some(probe);
             }
+            let before = readiness.checks();
             readiness.set_broker(probe != Probe::BrokerUnreachable);
             readiness.set_topic(probe == Probe::TopicPresent);
             let pause = match probe {
                 Probe::TopicPresent => {
                     seen_topic = true;
+                    watch_producer(&publisher, before.broker && before.topic);
                     backoff = BACKOFF_MIN;
                     HEALTHY_INTERVAL
                 }
@@ -84,7 +87,7 @@ impl TopicSupervisor {
                         if seen_topic {
                             tracing::warn!(topic = %self.topic.name, "topic was recreated; stream positions restart");
                             hub.reset();
-                            publisher.renew("the topic was recreated");
+                            publisher.renew(RenewReason::TopicRecreated, "the topic was recreated");
                             readiness.topic_recreated();
                         }
                         Duration::ZERO
@@ -147,6 +150,27 @@ impl TopicSupervisor {
     }
 }
 
+/// The producer watchdog's check, after a probe found the broker and the topic. Orders
+/// that timed out while either was away (this probe or the tracker said so) say nothing
+/// about the producer, so its counters start over when both come back; while both stay,
+/// a stuck producer is renewed. Orders queued in it fail with 503 (their POSTs would time
+/// out anyway); nothing acknowledged is touched.
+fn watch_producer(publisher: &KafkaPublisher, was_usable: bool) {
+    let watchdog = publisher.watchdog();
+    if !was_usable {
+        watchdog.restart(std::time::Instant::now());
+    } else if let Some(streak) = watchdog.stuck() {
+        publisher.renew(
+            RenewReason::Watchdog,
+            &format!(
+                "{} orders in a row timed out, sent over {:?}, while the broker answered \
+                 and the topic existed: the broker has probably lost this producer's id",
+                streak.timeouts, streak.span
+            ),
+        );
+    }
+}
+
 fn log_change(probe: Probe, topic: &str) {
     match probe {
         Probe::TopicPresent => tracing::info!(topic, "broker reachable, topic present"),
@@ -171,6 +195,54 @@ fn next_backoff(backoff: &mut Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stuck_producer_is_renewed_once_and_only_while_broker_and_topic_stay() {
+        use crate::publisher::PublishError;
+        use std::time::Instant;
+
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let renewals = || {
+            let text = handle.render();
+            let line = text
+                .lines()
+                .find(|l| {
+                    l.starts_with(r#"orders_gateway_producer_renewals_total{reason="watchdog"}"#)
+                })
+                .map(str::to_owned);
+            line.and_then(|l| l.rsplit_once(' ').map(|(_, v)| v.to_owned()))
+        };
+        // No broker needed: the producer connects lazily.
+        let settings = ClientSettings {
+            bootstrap_servers: "127.0.0.1:9".into(),
+            overrides: Vec::new(),
+        };
+        let publisher = KafkaPublisher::new(&settings, "orders", Duration::from_secs(2)).unwrap();
+        let timed_out = |s: u64| {
+            let sent = Instant::now() + Duration::from_secs(s);
+            publisher
+                .watchdog()
+                .record(&Err(PublishError::Timeout), sent);
+        };
+        metrics::with_local_recorder(&recorder, || {
+            for s in [0, 2, 4] {
+                timed_out(s);
+            }
+            // The broker or the topic was away: those timeouts are no evidence.
+            watch_producer(&publisher, false);
+            watch_producer(&publisher, true);
+            assert_eq!(renewals(), None);
+            for s in [5, 7, 9] {
+                timed_out(s);
+            }
+            watch_producer(&publisher, true);
+            assert_eq!(renewals().as_deref(), Some("1"));
+            // The renewal restarted the counters: no second renewal on the same evidence.
+            watch_producer(&publisher, true);
+            assert_eq!(renewals().as_deref(), Some("1"));
+        });
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {

@@ -1,6 +1,6 @@
 //! Kafka adapters: the producer behind [`crate::publisher::Publisher`], the tracker that
-//! feeds the hub, the topic supervisor, and the embedded development broker. librdkafka
-//! types never leave this module.
+//! feeds the hub, the topic supervisor with the producer watchdog, and the embedded
+//! development broker. librdkafka types never leave this module.
 
 pub mod admin;
 mod config;
@@ -9,5 +9,6 @@ pub mod history;
 pub mod producer;
 pub mod tracker;
 pub mod views;
+pub mod watchdog;
 
 pub use config::ClientSettings;

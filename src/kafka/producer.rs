@@ -11,6 +11,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Timestamp};
 
 use super::ClientSettings;
+use super::watchdog::{ProduceWatch, RenewReason};
 use crate::domain::Order;
 use crate::domain::order::millis;
 use crate::publisher::{PublishError, Publisher, Receipt};
@@ -24,6 +25,8 @@ pub struct KafkaPublisher {
     topic: Arc<str>,
     timeout: Duration,
     metrics: OnceLock<ProduceMetrics>,
+    /// Acks and timeouts, for the supervisor to tell a stuck producer (see `watchdog`).
+    watchdog: ProduceWatch,
 }
 
 impl KafkaPublisher {
@@ -41,6 +44,7 @@ impl KafkaPublisher {
             topic: topic.into(),
             timeout,
             metrics: OnceLock::new(),
+            watchdog: ProduceWatch::new(timeout),
         })
     }
 
@@ -55,13 +59,18 @@ impl KafkaPublisher {
     /// Starts over with a new producer. Needed when the broker lost our producer id (a
     /// broker without persistent storage restarted, or a fatal idempotence error):
     /// librdkafka would retry the old id until every order times out.
-    pub fn renew(&self, why: &str) {
-        self.replace(None, why);
+    pub fn renew(&self, reason: RenewReason, why: &str) {
+        self.replace(None, reason, why);
+    }
+
+    /// The producer's ack and timeout counters.
+    pub fn watchdog(&self) -> &ProduceWatch {
+        &self.watchdog
     }
 
     /// Renews the producer unless `failed` was already replaced: the many orders that fail
     /// together on a dead producer must not each create a new one.
-    fn replace(&self, failed: Option<&FutureProducer>, why: &str) {
+    fn replace(&self, failed: Option<&FutureProducer>, reason: RenewReason, why: &str) {
         let mut current = self
             .producer
             .write()
@@ -72,7 +81,12 @@ impl KafkaPublisher {
         match self.config.create::<FutureProducer>() {
             Ok(fresh) => {
                 *current = fresh;
-                tracing::warn!(why, "producer renewed");
+                // Orders still in flight on the old producer time out as before (503);
+                // they are no evidence against the new one.
+                self.watchdog.restart(std::time::Instant::now());
+                metrics::counter!("orders_gateway_producer_renewals_total", "reason" => reason.as_str())
+                    .increment(1);
+                tracing::warn!(reason = reason.as_str(), why, "producer renewed");
             }
             Err(error) => tracing::error!(%error, why, "could not renew the producer"),
         }
@@ -135,10 +149,15 @@ impl KafkaPublisher {
                 if let Some((code, reason)) = producer.client().fatal_error() {
                     self.replace(
                         Some(&producer),
+                        RenewReason::Fatal,
                         &format!("fatal producer error {code:?}: {reason}"),
                     );
                 } else if identity_lost(&e) {
-                    self.replace(Some(&producer), &format!("producer identity lost: {e}"));
+                    self.replace(
+                        Some(&producer),
+                        RenewReason::IdentityLost,
+                        &format!("producer identity lost: {e}"),
+                    );
                 }
                 Err(publish_error(&e))
             }
@@ -155,6 +174,7 @@ impl Publisher for KafkaPublisher {
         async move {
             let started = std::time::Instant::now();
             let result = self.send(order, traceparent).await;
+            self.watchdog.record(&result, started);
             let outcome = match &result {
                 Ok(_) => Outcome::Acked,
                 Err(PublishError::QueueFull) => Outcome::QueueFull,

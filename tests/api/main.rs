@@ -11,3 +11,4 @@ mod orders;
 mod process;
 mod replicas;
 mod stream;
+mod watchdog;

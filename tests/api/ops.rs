@@ -4,6 +4,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::helpers::gateway::Gateway;
+use crate::helpers::metrics::{self, parse_prometheus};
 use crate::helpers::{Broker, TestApp, broker, config, eventually, order};
 
 async fn readyz(app: &TestApp) -> (u16, Value) {
@@ -116,43 +118,6 @@ async fn shutdown_ends_streams_with_a_reconnect_hint_and_returns_ok() {
         "stream closed"
     );
     stopping.await.unwrap().expect("clean shutdown");
-}
-
-/// Parses the Prometheus text format strictly enough to catch a malformed line:
-/// `name{labels} value` per sample, `# HELP` / `# TYPE` comments.
-fn parse_prometheus(text: &str) -> Vec<(String, String, f64)> {
-    let mut samples = Vec::new();
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        if let Some(comment) = line.strip_prefix("# ") {
-            assert!(
-                comment.starts_with("HELP ") || comment.starts_with("TYPE "),
-                "bad comment: {line}"
-            );
-            continue;
-        }
-        let (series, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("bad sample: {line}"));
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value: {line}"));
-        let (name, labels) = match series.split_once('{') {
-            Some((name, labels)) => (
-                name,
-                labels
-                    .strip_suffix('}')
-                    .unwrap_or_else(|| panic!("bad labels: {line}")),
-            ),
-            None => (series, ""),
-        };
-        assert!(
-            name.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
-            "bad name: {line}"
-        );
-        samples.push((name.to_owned(), labels.to_owned(), value));
-    }
-    samples
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,4 +309,56 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(5),
         "closed after {took:?}"
     );
+}
+
+/// `orders_gateway_ready` says what /readyz says, and every flip is counted: ready after
+/// start, not ready while the broker is gone, ready again once it is back. The binary runs
+/// in its own process, so its metrics are its own (in-process gateways share a recorder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_metrics_follow_readyz_through_an_outage() {
+    let mut broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    let gateway = Gateway::start(&[("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str())]);
+    let http = reqwest::Client::new();
+    let readiness = || async {
+        let samples = metrics::scrape(&http, &gateway.base).await;
+        let ready = metrics::sum(&samples, "orders_gateway_ready", "");
+        let changes = metrics::sum(&samples, "orders_gateway_readiness_changes_total", "");
+        // Not ready at start, so an odd number of flips means ready.
+        assert_eq!(changes % 2.0, ready, "{changes} flips, ready {ready}");
+        (ready, changes)
+    };
+    let readyz = |want: u16| {
+        let (http, url) = (http.clone(), format!("{}/readyz", gateway.base));
+        eventually(
+            Duration::from_secs(40),
+            Duration::from_millis(100),
+            move || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    match http.get(&url).send().await.map(|r| r.status().as_u16()) {
+                        Ok(status) if status == want => Ok(()),
+                        other => Err(format!("/readyz: {other:?}, waiting for {want}")),
+                    }
+                }
+            },
+        )
+    };
+
+    gateway.wait_ready(&http, Duration::from_secs(30)).await;
+    let (ready, started) = readiness().await;
+    assert_eq!(ready, 1.0);
+    assert!(started >= 1.0);
+
+    broker.stop();
+    readyz(503).await;
+    let (ready, away) = readiness().await;
+    assert_eq!(ready, 0.0);
+    assert!(away > started, "the outage was counted");
+
+    broker.restart();
+    readyz(200).await;
+    let (ready, back) = readiness().await;
+    assert_eq!(ready, 1.0);
+    assert!(back > away, "the recovery was counted");
 }

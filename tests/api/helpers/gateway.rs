@@ -79,6 +79,16 @@ impl Gateway {
         self.signal(libc::SIGKILL);
     }
 
+    /// Freezes the gateway (SIGSTOP): it sends, probes and notices nothing until `resume`.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused gateway run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
     fn signal(&self, signal: i32) {
         let pid = i32::try_from(self.child.id()).expect("pid");
         #[allow(unsafe_code)]
@@ -86,6 +96,11 @@ impl Gateway {
         unsafe {
             libc::kill(pid, signal);
         }
+    }
+
+    /// How the gateway ended, if it did (a crash shows as a signal).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait")
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {

@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -92,6 +94,40 @@ pub async fn produce_raw(bootstrap: &str, topic: &str, key: &str, value: &[u8]) 
         .await
         .expect("delivered");
     (delivery.partition, delivery.offset)
+}
+
+/// Creates `topic` as another gateway replica would (the gateway's own settings: no
+/// auto-creation, `partitions` partitions, replication 1).
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+    let results = admin
+        .create_topics([&new_topic], &options)
+        .await
+        .expect("create topics");
+    for result in results {
+        result.expect("topic created");
+    }
+}
+
+/// Produces `value` to `partition` of `topic`, as another producer would.
+pub async fn produce_to(bootstrap: &str, topic: &str, partition: i32, key: &str, value: &[u8]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("producer");
+    let record = FutureRecord::to(topic)
+        .partition(partition)
+        .key(key)
+        .payload(value);
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .expect("delivered");
 }
 
 /// The group's committed offsets, summed over the topic's partitions.

@@ -5,6 +5,7 @@ pub mod broker;
 pub mod gateway;
 pub mod kafka;
 pub mod load;
+pub mod metrics;
 pub mod proxy;
 pub mod round_robin;
 pub mod sse;
