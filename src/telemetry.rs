@@ -290,6 +290,10 @@ fn describe_metrics() {
         "orders_gateway_tracker_rebalances_total",
         "Tracker group rebalances by kind: assign, revoke, error"
     );
+    describe_counter!(
+        "orders_gateway_tracker_feed_restarts_total",
+        "Tracker feeds started again after an outage or a recreated topic"
+    );
     describe_gauge!(
         "orders_gateway_tracker_lag",
         "Per partition: high watermark minus the group's committed offset"

@@ -63,7 +63,7 @@ impl TrackerContext {
 impl ClientContext for TrackerContext {
     fn error(&self, error: KafkaError, reason: &str) {
         // The first sign of an outage, seconds before the supervisor's next probe: the
-        // feed pauses at once (see `Tracker::follow_broker`).
+        // feed is closed at once (see `Tracker::follow_broker`).
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.readiness.set_broker(false);
         }
@@ -135,9 +135,10 @@ type Client = StreamConsumer<TrackerContext>;
 
 /// The tracker's consumers, created before they run so configuration errors stop start-up.
 pub struct Tracker {
-    feed: Arc<Client>,
+    /// `None` while the broker or the topic is away (see `follow_broker`).
+    feed: Option<Arc<Client>>,
     member: Arc<Client>,
-    /// To build a new feed after the topic was recreated.
+    /// To build the feed again after an outage or a recreated topic.
     feed_config: ClientConfig,
     topic: String,
     readiness: Arc<Readiness>,
@@ -159,7 +160,7 @@ impl Tracker {
                 .create_with_context(context("member"))?,
         );
         Ok(Self {
-            feed,
+            feed: Some(feed),
             member,
             feed_config,
             topic: topic.to_owned(),
@@ -171,12 +172,13 @@ impl Tracker {
     /// once more at the end.
     pub async fn run(mut self, hub: Arc<Hub>, cancel: CancellationToken) -> Result<(), KafkaError> {
         self.member.subscribe(&[&self.topic])?;
-        self.assign_all().await?;
+        if let Some(feed) = &self.feed {
+            assign_all(feed, &self.topic, &hub, &self.readiness).await?;
+        }
         let mut commit_timer = tokio::time::interval(COMMIT_INTERVAL);
         let mut lag_timer = tokio::time::interval(LAG_INTERVAL);
         let mut checks = self.readiness.watch();
         let mut generation = checks.borrow().topic_generation;
-        let mut paused = false;
         loop {
             let message = tokio::select! {
                 () = cancel.cancelled() => break,
@@ -192,15 +194,12 @@ impl Tracker {
                 _ = self.member.recv() => continue,
                 Ok(()) = checks.changed() => {
                     let now = *checks.borrow_and_update();
-                    if now.topic_generation != generation {
-                        generation = now.topic_generation;
-                        self.renew_feed().await?;
-                        paused = false;
-                    }
-                    paused = self.follow_broker(now.broker && now.topic, paused);
+                    let recreated = now.topic_generation != generation;
+                    generation = now.topic_generation;
+                    self.follow_broker(now.broker && now.topic, recreated, &hub).await?;
                     continue;
                 }
-                message = self.feed.recv() => message,
+                message = next(self.feed.as_deref()) => message,
             };
             match message {
                 Ok(message) => handle(&message, &hub),
@@ -216,88 +215,41 @@ impl Tracker {
         Ok(())
     }
 
-    /// Assigns the feed every partition, each at the group's committed offset (the start
-    /// for a new group, like `tracker.py`'s `auto.offset.reset=earliest`).
-    async fn assign_all(&self) -> Result<(), KafkaError> {
-        let (feed, topic) = (self.feed.clone(), self.topic.clone());
-        let assigned = tokio::task::spawn_blocking(move || {
-            let metadata = feed.fetch_metadata(Some(&topic), TIMEOUT)?;
-            let mut tpl = TopicPartitionList::new();
-            for t in metadata.topics().iter().filter(|t| t.name() == topic) {
-                for p in t.partitions() {
-                    tpl.add_partition(&topic, p.id());
-                }
-            }
-            let mut start = feed.committed_offsets(tpl, TIMEOUT)?;
-            let parts: Vec<i32> = start
-                .elements()
-                .iter()
-                .map(TopicPartitionListElem::partition)
-                .collect();
-            for partition in parts {
-                let committed = start.find_partition(&topic, partition).map(|e| e.offset());
-                if !matches!(committed, Some(Offset::Offset(_))) {
-                    start.set_partition_offset(&topic, partition, Offset::Beginning)?;
-                }
-            }
-            feed.assign(&start)?;
-            Ok::<_, KafkaError>(start)
-        })
-        .await
-        .map_err(|e| KafkaError::Subscription(e.to_string()))??;
-        tracing::info!(partitions = %partitions(&assigned), "tracker: feed reads every partition");
-        self.readiness.set_tracker(assigned.count() > 0);
-        Ok(())
-    }
-
-    /// Starts the feed over for a topic that was created again: the old feed holds fetch
-    /// positions and leader state of a topic that no longer exists.
-    async fn renew_feed(&mut self) -> Result<(), KafkaError> {
-        let fresh: Client = self
-            .feed_config
-            .create_with_context(TrackerContext::new(self.readiness.clone(), "feed"))?;
-        let old = std::mem::replace(&mut self.feed, Arc::new(fresh));
-        tokio::task::spawn_blocking(move || drop(old));
-        self.assign_all().await?;
-        tracing::warn!(topic = %self.topic, "tracker: feed restarted for the recreated topic");
-        Ok(())
-    }
-
-    /// Fetches only while the broker is reachable and the topic confirmed; returns whether
-    /// the feed is paused now.
+    /// Keeps a feed only while the broker is reachable and the topic confirmed: closes it
+    /// on the first outage signal, builds a new one once both are back (or the topic was
+    /// recreated).
     ///
     /// Why: a broker that lost its state (Tansu without persistent storage, after a
     /// restart) answers the first fetches with leader hints that carry neither topic name
     /// nor id, and librdkafka 2.12 dereferences the missing name and crashes (upstream
-    /// issue 5280). Pausing on the first outage signal and resuming once the supervisor has
-    /// seen (or recreated) the topic keeps the feed away from that window. Kafka itself
-    /// always sends topic ids, so this only costs an idle pause there.
-    fn follow_broker(&self, usable: bool, paused: bool) -> bool {
-        if usable != paused {
-            return paused;
+    /// issue 5280, open). A paused consumer still refreshes leaders and could meet such an
+    /// answer; a closed one cannot, and a new one starts with a metadata request for a topic
+    /// the supervisor has just seen. Kafka itself always sends topic ids, so there this only
+    /// costs a new consumer per outage.
+    async fn follow_broker(
+        &mut self,
+        usable: bool,
+        recreated: bool,
+        hub: &Hub,
+    ) -> Result<(), KafkaError> {
+        if (!usable || recreated)
+            && let Some(old) = self.feed.take()
+        {
+            // Closing blocks until librdkafka's threads have stopped.
+            tokio::task::spawn_blocking(move || drop(old));
+            tracing::info!("tracker: feed closed until the broker and topic are back");
         }
-        let Ok(assignment) = self.feed.assignment() else {
-            return paused;
-        };
-        let result = if usable {
-            self.feed.resume(&assignment)
-        } else {
-            self.feed.pause(&assignment)
-        };
-        match result {
-            Ok(()) if usable => {
-                tracing::info!("tracker: feed resumed");
-                false
-            }
-            Ok(()) => {
-                tracing::info!("tracker: feed paused until the broker and topic are back");
-                true
-            }
-            Err(error) => {
-                tracing::warn!(%error, "tracker: pause/resume failed");
-                paused
-            }
+        if usable && self.feed.is_none() {
+            let fresh: Arc<Client> = Arc::new(
+                self.feed_config
+                    .create_with_context(TrackerContext::new(self.readiness.clone(), "feed"))?,
+            );
+            assign_all(&fresh, &self.topic, hub, &self.readiness).await?;
+            self.feed = Some(fresh);
+            metrics::counter!("orders_gateway_tracker_feed_restarts_total").increment(1);
+            tracing::info!("tracker: feed started again");
         }
+        Ok(())
     }
 
     /// Commits, for the partitions the group gave this replica, the hub's position: every
@@ -367,6 +319,72 @@ impl Tracker {
             tracing::warn!(%error, "tracker: close task failed");
         }
     }
+}
+
+/// The feed's next record; never, while there is no feed.
+async fn next(feed: Option<&Client>) -> KafkaResult<BorrowedMessage<'_>> {
+    match feed {
+        Some(feed) => feed.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Assigns the feed every partition, each at the group's committed offset (the start for a
+/// new group, like `tracker.py`'s `auto.offset.reset=earliest`).
+///
+/// A partition that ends before the hub's position is a new topic under the old name:
+/// another replica recreated it while this one could not see the broker (the supervisor
+/// only notices a recreation it does itself). The stream starts over then, as on a
+/// recreation seen here, or the hub would skip the new topic's first records as already
+/// published.
+async fn assign_all(
+    feed: &Arc<Client>,
+    topic: &str,
+    hub: &Hub,
+    readiness: &Readiness,
+) -> Result<(), KafkaError> {
+    let (feed, topic) = (feed.clone(), topic.to_owned());
+    let position = hub.position();
+    let (assigned, recreated) = tokio::task::spawn_blocking(move || {
+        let metadata = feed.fetch_metadata(Some(&topic), TIMEOUT)?;
+        let mut tpl = TopicPartitionList::new();
+        let mut recreated = false;
+        for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+            for p in t.partitions() {
+                tpl.add_partition(&topic, p.id());
+                if let Some(next) = position.next_offset(p.id()) {
+                    let (_, high) = feed.fetch_watermarks(&topic, p.id(), TIMEOUT)?;
+                    recreated |= high < next;
+                }
+            }
+        }
+        let mut start = feed.committed_offsets(tpl, TIMEOUT)?;
+        let parts: Vec<i32> = start
+            .elements()
+            .iter()
+            .map(TopicPartitionListElem::partition)
+            .collect();
+        for partition in parts {
+            let committed = start.find_partition(&topic, partition).map(|e| e.offset());
+            if recreated || !matches!(committed, Some(Offset::Offset(_))) {
+                start.set_partition_offset(&topic, partition, Offset::Beginning)?;
+            }
+        }
+        feed.assign(&start)?;
+        Ok::<_, KafkaError>((start, recreated))
+    })
+    .await
+    .map_err(|e| KafkaError::Subscription(e.to_string()))??;
+    if recreated {
+        tracing::warn!(
+            "tracker: the topic ends before the stream's position, so it was recreated \
+             elsewhere; stream positions restart"
+        );
+        hub.reset();
+    }
+    tracing::info!(partitions = %partitions(&assigned), "tracker: feed reads every partition");
+    readiness.set_tracker(assigned.count() > 0);
+    Ok(())
 }
 
 fn handle(message: &BorrowedMessage<'_>, hub: &Hub) {

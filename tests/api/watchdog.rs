@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::helpers::gateway::Gateway;
 use crate::helpers::load::{Answer, place};
+use crate::helpers::sse::Background;
 use crate::helpers::{Broker, kafka, metrics, unique};
 
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -65,11 +66,11 @@ async fn renewals(http: &reqwest::Client, gateway: &Gateway, reason: &str) -> f6
 /// topic is back, so the race that hides the recreation from them is decided, not hoped
 /// for. Both must take orders again within RECOVERY, each 202 on the topic where it says.
 ///
-/// Known failure until the tracker's feed changes: a feed that resumes on the restarted
-/// broker without being started over (nobody told it the topic is new) crashes librdkafka
-/// 2.12 (upstream 5280: SIGSEGV in `rd_kafka_metadata_update_op`, seen in a core dump of
-/// the `orders-gateway-feed` client) in about two runs of a gateway in three. The test
-/// then fails saying the gateway died by signal 11.
+/// It also proves the tracker's side: a feed that resumed on the restarted broker without
+/// being started over crashed librdkafka 2.12 (upstream 5280: SIGSEGV in
+/// `rd_kafka_metadata_update_op`) in about two runs of a gateway in three, which failed
+/// this test saying the gateway died by signal 11; and each replica must go on streaming
+/// what the other takes on the new topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_stuck_after_the_broker_lost_its_state_is_renewed_by_the_watchdog() {
     let mut broker = Broker::start();
@@ -86,8 +87,11 @@ async fn a_producer_stuck_after_the_broker_lost_its_state_is_renewed_by_the_watc
     let http = reqwest::Client::new();
     for gateway in &gateways {
         gateway.wait_ready(&http, Duration::from_secs(30)).await;
-        // The producer has an id and sequence numbers the broker is about to forget.
-        assert_eq!(gateway.post_order(&http).await.status(), 202);
+        // The producer has an id and sequence numbers the broker is about to forget, and
+        // the streams' positions lie beyond where the new topic will end.
+        for _ in 0..10 {
+            assert_eq!(gateway.post_order(&http).await.status(), 202);
+        }
     }
 
     broker.stop();
@@ -137,6 +141,7 @@ async fn a_producer_stuck_after_the_broker_lost_its_state_is_renewed_by_the_watc
         until_taken(&gateways[1], RECOVERY)
     );
     let took = resumed.elapsed();
+    let mut by_watchdog = Vec::new();
     for (gateway, answers) in gateways.iter_mut().zip([a, b]) {
         let answers = answers.unwrap_or_else(|answers| {
             let statuses: Vec<_> = answers.iter().map(|a| a.status).collect();
@@ -165,9 +170,43 @@ async fn a_producer_stuck_after_the_broker_lost_its_state_is_renewed_by_the_watc
         let (partition, offset) = taken.position.unwrap();
         let record = kafka::read_record(&bootstrap, &topic, partition, offset);
         assert_eq!(record.key(), Some(taken.order_id.as_bytes()));
-        assert!(renewals(&http, gateway, "watchdog").await >= 1.0);
-        // The supervisor never saw the topic missing: the watchdog did the work.
+        // The supervisor never saw the topic missing.
         assert_eq!(renewals(&http, gateway, "topic_recreated").await, 0.0);
+        let (watchdog, fenced) = (
+            renewals(&http, gateway, "watchdog").await,
+            renewals(&http, gateway, "identity_lost").await,
+        );
+        eprintln!(
+            "{}: renewed by the watchdog {watchdog}, after an error {fenced}",
+            gateway.base
+        );
+        assert!(
+            watchdog + fenced >= 1.0,
+            "{} took orders with its old producer; log: {}",
+            gateway.base,
+            gateway.log.display()
+        );
+        by_watchdog.push(watchdog);
     }
+    // The restarted broker hands out producer ids from the start again, so the first
+    // replica to renew may get the id the other's old producer had: that one then hears
+    // ProducerFenced and renews on the error. The first renewal has no such error to
+    // follow: it is always the watchdog's.
+    assert!(
+        by_watchdog.iter().any(|n| *n >= 1.0),
+        "no replica was renewed by the watchdog: {by_watchdog:?}"
+    );
     eprintln!("both replicas take orders again {took:?} after the restart");
+
+    // Each replica streams what the other takes: its feed saw the topic end before its
+    // position and started the stream over instead of skipping the new records as seen.
+    for (watching, taking) in [(0, 1), (1, 0)] {
+        let stream =
+            Background::open(&http, &format!("{}/orders/stream", gateways[watching].base)).await;
+        let taken = until_taken(&gateways[taking], RECOVERY)
+            .await
+            .expect("the replica still takes orders");
+        let order_id = &taken.last().unwrap().order_id;
+        stream.order(order_id, Duration::from_secs(15)).await;
+    }
 }
