@@ -43,8 +43,18 @@ pub struct Config {
     #[arg(long, env = "PRODUCE_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub produce_timeout: Duration,
 
-    /// Events a stream client may fall behind the tracker before it is told so and closed.
-    #[arg(long, env = "STREAM_BUFFER", default_value = "1024")]
+    /// Events a stream client may fall behind the tracker before it is told so and closed
+    /// (rounded up to a power of two).
+    ///
+    /// After a stall the tracker hands the hub its whole backlog in a fraction of a second,
+    /// far faster than clients read it, so every client falls behind by the whole backlog:
+    /// a backlog larger than this overflows all of them at once (bench/README.md, "Catch-up
+    /// burst": of 1000 streams, 5000 orders overflowed all with 1024 and none with 8192;
+    /// 8000 orders none with 8192). An empty slot costs 32 bytes; a slot keeps its order
+    /// only while a client has not read it, and the hub keeps the last STREAM_REPLAY orders
+    /// anyway, so up to STREAM_REPLAY the buffer costs only its slots (256 KiB for 8192).
+    /// Beyond it each slot costs an order (~1 KB) while a client lags: raise both together.
+    #[arg(long, env = "STREAM_BUFFER", default_value = "8192")]
     pub stream_buffer: NonZeroUsize,
 
     /// Most streams open at once; beyond it `GET /orders/stream` answers 429.
@@ -312,6 +322,8 @@ mod tests {
         assert_eq!(config.tracker_group_id, "order-tracker");
         assert_eq!(config.produce_timeout, Duration::from_secs(5));
         assert_eq!(config.stream_keep_alive, Duration::from_secs(15));
+        assert_eq!(config.stream_buffer.get(), 8192);
+        assert_eq!(config.stream_replay, 10_000);
         assert!(config.embedded_broker());
         assert!(config.validate().is_ok());
     }

@@ -17,7 +17,7 @@ use super::procs::{Build, Gateway, rss_bytes};
 use super::produce::{Load, OnAck, Target, open_loop};
 
 /// Clients per process: one process holds ~9,000 connections (open-files limit 20,000).
-const PER_PROCESS: usize = 5_000;
+pub(crate) const PER_PROCESS: usize = 5_000;
 
 pub(crate) struct Plan {
     pub(crate) clients: usize,

@@ -4,6 +4,7 @@
 //! `bash scripts/bench.sh [--quick]` runs it; directly:
 //! `TANSU_BIN=... cargo bench --bench gateway -- [--quick] [--out DIR] [--name NAME]`.
 
+mod burst;
 mod catchup;
 mod fanout;
 mod hist;
@@ -34,6 +35,10 @@ struct Mode {
     rate_seconds: Duration,
     fanout: Vec<fanout::Plan>,
     behind: usize,
+    /// Catch-up bursts: (live streams, orders written during the stall).
+    burst: Vec<(usize, usize)>,
+    /// STREAM_BUFFER of each burst's gateway; `None`: its default.
+    burst_buffers: Vec<Option<usize>>,
     embedded_starts: usize,
 }
 
@@ -64,6 +69,8 @@ impl Mode {
                 },
             ],
             behind: 100_000,
+            burst: vec![(1_000, 5_000)],
+            burst_buffers: vec![Some(burst::OLD_BUFFER), Some(4_096), None],
             embedded_starts: 3,
         }
     }
@@ -80,6 +87,8 @@ impl Mode {
             fanout: vec![plan(1_000, 100, 5)],
             // Still beyond STREAM_REPLAY (10,000): read from Kafka.
             behind: 20_000,
+            burst: vec![(500, 3_000)],
+            burst_buffers: vec![Some(burst::OLD_BUFFER), None],
             embedded_starts: 1,
         }
     }
@@ -94,6 +103,9 @@ fn plan(clients: usize, rate: u32, seconds: u64) -> fanout::Plan {
         build: Build::Current,
     }
 }
+
+/// What `--only` may name.
+const SECTIONS: &[&str] = &["produce", "fanout", "catchup", "burst", "startup"];
 
 struct Args {
     quick: bool,
@@ -136,6 +148,11 @@ fn main() -> Res<()> {
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
+    if let Some(only) = &args.only
+        && !SECTIONS.contains(&only.as_str())
+    {
+        return Err(format!("--only takes one of {}", SECTIONS.join(", ")).into());
+    }
     match role.as_deref() {
         Some("stream-clients") => {
             return sse::child_main(addr.ok_or("--addr is required")?, clients, slow_every);
@@ -177,17 +194,32 @@ async fn harness(args: Args) -> Res<()> {
             })
             .collect();
     }
+    // BENCH_BURST="clients:orders,..." replaces the bursts, BENCH_BURST_BUFFERS="1024,default"
+    // their STREAM_BUFFERs.
+    if let Ok(plans) = std::env::var("BENCH_BURST") {
+        mode.burst = plans
+            .split(',')
+            .filter_map(|p| {
+                let (clients, orders) = p.split_once(':')?;
+                Some((clients.trim().parse().ok()?, orders.trim().parse().ok()?))
+            })
+            .collect();
+    }
+    if let Ok(buffers) = std::env::var("BENCH_BURST_BUFFERS") {
+        mode.burst_buffers = buffers.split(',').map(|b| b.trim().parse().ok()).collect();
+    }
     let name = args.name.clone().unwrap_or_else(|| mode.name.to_owned());
     let logs = args.out.join(format!("{name}-logs"));
     std::fs::create_dir_all(&logs)?;
     let only = |section: &str| args.only.as_deref().is_none_or(|o| o == section);
 
     let mut ready_live = Vec::new();
+    let default_buffer = burst::default_buffer()?;
     let mut report = json!({
         "name": name,
         "mode": mode.name,
         "machine": machine(),
-        "settings": "gateway defaults (3 partitions, STREAM_BUFFER 1024, STREAM_REPLAY 10000, MAX_STREAMS 10000), RUST_LOG=warn",
+        "settings": format!("gateway defaults (3 partitions, STREAM_BUFFER {default_buffer}, STREAM_REPLAY 10000, MAX_STREAMS 10000), RUST_LOG=warn"),
     });
 
     let baseline = baseline_rev();
@@ -219,6 +251,35 @@ async fn harness(args: Args) -> Res<()> {
         let (result, ready) = catchup::run(&broker.bootstrap, mode.behind, &logs).await?;
         ready_live.push(ready);
         report["catchup"] = result;
+    }
+    if only("burst") {
+        let mut runs = Vec::new();
+        for &(clients, orders) in &mode.burst {
+            for &buffer in &mode.burst_buffers {
+                // The default's row already measures that value.
+                if buffer == Some(default_buffer) && mode.burst_buffers.contains(&None) {
+                    continue;
+                }
+                let broker = Broker::start(&logs, "burst")?;
+                let plan = burst::Plan {
+                    clients,
+                    orders,
+                    buffer,
+                };
+                let (result, ready) =
+                    burst::run(&broker.bootstrap, plan, default_buffer, &logs).await?;
+                ready_live.push(ready);
+                runs.push(result);
+            }
+        }
+        let broker = Broker::start(&logs, "burst-memory")?;
+        let memory = burst::memory(&broker.bootstrap, &logs).await?;
+        report["burst"] = json!({
+            "default_buffer": default_buffer,
+            "old_default_buffer": burst::OLD_BUFFER,
+            "runs": runs,
+            "memory": memory,
+        });
     }
     if only("startup") {
         let mut embedded = Vec::new();
@@ -464,6 +525,23 @@ fn targets(r: &Value) -> Value {
             rss < 250.0,
         );
     }
+    for x in r["burst"]["runs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|x| x["is_default"] == true)
+    {
+        let told = f(&x["told_overflow"]);
+        add(
+            &format!(
+                "clients overflowed by a burst of {} orders after a stall ({} streams, STREAM_BUFFER {})",
+                x["orders"], x["clients"], x["stream_buffer"]
+            ),
+            told,
+            "0",
+            told == 0.0 && x["complete_clients"] == x["clients"],
+        );
+    }
     if r["catchup"].is_object() {
         let eps = f(&r["catchup"]["events_per_second"]);
         add("catch-up (events/s)", eps, ">= 50000", eps >= 50_000.0);
@@ -595,6 +673,9 @@ fn table(r: &Value) -> String {
             c["gateway_rss_peak_mib"],
         );
     }
+    if let Some(runs) = r["burst"]["runs"].as_array() {
+        s += &burst_table(&r["burst"], runs);
+    }
     let st = &r["startup"];
     if st.is_object() {
         s += &format!(
@@ -622,6 +703,55 @@ fn table(r: &Value) -> String {
         }
     }
     s
+}
+
+/// The catch-up burst rows: one per burst and STREAM_BUFFER, then what a slot costs.
+fn burst_table(b: &Value, runs: &[Value]) -> String {
+    let mut s = format!(
+        "**Catch-up burst** (live streams; the gateway stopped with SIGSTOP while the orders were written to the topic, then resumed; times from the resume; STREAM_BUFFER default {}, before issue 11 {})\n\n",
+        b["default_buffer"], b["old_default_buffer"]
+    );
+    s += "| streams | orders in the burst | STREAM_BUFFER | stall (s) | tracker handed them to the hub (s) | complete clients | told overflow | gateway overflows counted | silently incomplete | last order at every complete client (s) | delivery p50 (s) | gateway CPU (cores) | RSS start / idle / peak / end (MiB) | bytes / idle stream |\n";
+    s += "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n";
+    for x in runs {
+        let buffer = if x["is_default"] == true {
+            format!("**{}** (default)", x["stream_buffer"])
+        } else {
+            x["stream_buffer"].to_string()
+        };
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} / {} | {} |\n",
+            x["clients"],
+            x["acked"],
+            buffer,
+            x["stall_seconds"],
+            x["handed_to_hub_seconds"],
+            x["complete_clients"],
+            x["told_overflow"],
+            x["gateway_overflows"],
+            x["silent_incomplete"],
+            x["all_delivered_seconds"],
+            round3(f(&x["delivery"]["p50_ms"]) / 1000.0),
+            x["gateway_cpu_cores"],
+            x["gateway_rss_start_mib"],
+            x["gateway_rss_idle_mib"],
+            x["gateway_rss_peak_mib"],
+            x["gateway_rss_end_mib"],
+            x["bytes_per_idle_stream"],
+        );
+    }
+    let m = &b["memory"];
+    if m.is_object() {
+        s += &format!(
+            "\nMemory: an empty buffer slot {} bytes (RSS of an idle gateway with STREAM_BUFFER {} against {}); an order kept in memory {} bytes (RSS growth while the hub's replay window filled with {} orders, rendered for one client). A slot holds its order only while some client has not read it, and the last STREAM_REPLAY orders are kept anyway: a buffer beyond STREAM_REPLAY costs the difference in orders while a client lags.",
+            m["bytes_per_empty_slot"],
+            m["probe_slots"],
+            m["compared_with"],
+            m["bytes_per_kept_order"],
+            m["kept_orders"],
+        );
+    }
+    s + "\n\n"
 }
 
 /// Before and after in one table: the baseline build and this one, measured in the same
@@ -765,6 +895,24 @@ fn check(r: &Value) -> Res<()> {
                 "fan-out {}x{}: clients missed orders without being told",
                 x["clients"], x["rate"]
             ));
+        }
+    }
+    for x in r["burst"]["runs"].as_array().into_iter().flatten() {
+        let label = format!(
+            "burst {}x{} (STREAM_BUFFER {})",
+            x["clients"], x["orders"], x["stream_buffer"]
+        );
+        if x["acked"].as_u64() == Some(0)
+            || x["events"].as_u64() == Some(0)
+            || x["connected"].as_u64() == Some(0)
+        {
+            problems.push(format!("{label}: no orders, streams or events"));
+        }
+        if x["silent_incomplete"].as_u64() != Some(0) {
+            problems.push(format!("{label}: clients missed orders without being told"));
+        }
+        if x["out_of_order"].as_u64() != Some(0) {
+            problems.push(format!("{label}: clients saw an order skipped or repeated"));
         }
     }
     let c = &r["catchup"];

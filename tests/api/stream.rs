@@ -511,7 +511,12 @@ async fn a_slow_client_beside_a_fast_one_loses_nothing_under_3000_orders() {
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let listener = socket.listen(1024).unwrap();
     let app = TestApp::spawn_on(
-        config(broker::shared(), &["--stream-replay", "100"]),
+        // The slow client must overflow within N orders: a buffer below N, whatever the
+        // default.
+        config(
+            broker::shared(),
+            &["--stream-replay", "100", "--stream-buffer", "1024"],
+        ),
         listener,
     )
     .await;
