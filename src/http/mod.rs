@@ -12,7 +12,6 @@ pub mod page;
 pub mod rate_limit;
 pub mod server;
 pub mod stream;
-pub mod stream_query;
 
 use std::sync::Arc;
 use std::time::Duration;

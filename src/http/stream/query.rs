@@ -4,8 +4,8 @@ use std::time::{Duration, SystemTime};
 
 use axum::http::HeaderMap;
 
-use super::error::ApiError;
 use crate::domain::Position;
+use crate::http::error::ApiError;
 
 /// Largest `limit` a client may ask for.
 const LIMIT_MAX: u32 = 10_000;
