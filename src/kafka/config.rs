@@ -93,11 +93,11 @@ impl ClientSettings {
             .set("auto.offset.reset", "earliest")
             // Tansu answers a fetch only at this deadline when there is less than
             // fetch.min.bytes to send, so at librdkafka's 500 ms it was most of the stream's
-            // latency (e2e p99 380 ms at 10,000 streams x 100/s). Shorter waits used to
-            // crash librdkafka after a broker restart (upstream 5280: 4 of 12 restart runs
-            // at 100 ms, while the feed was only paused); now the feed is closed on the first
-            // outage signal (see `Tracker::follow_broker`). One extra fetch per partition
-            // every 200 ms is nothing to a real cluster.
+            // latency (e2e p99 380 ms at 10,000 streams x 100/s). 100 ms helps 1,000 streams
+            // more but leaves 10,000 bound by the gateway's CPU (bench/README.md); shorter
+            // waits also met a librdkafka crash after broker restarts, patched since
+            // (vendor/README.md). One extra fetch per partition every 200 ms is nothing to a
+            // real cluster.
             .set("fetch.wait.max.ms", "200")
             .set("reconnect.backoff.max.ms", "1000");
         self.finish(c)

@@ -73,9 +73,9 @@ impl ClientContext for TrackerContext {
 
 impl ConsumerContext for TrackerContext {
     /// The member takes part in the group but never fetches: it remembers the partitions the
-    /// group gave it and acknowledges the assignment with an empty local one. A fetching
-    /// member could meet the broker answers that crash librdkafka 2.12 (see
-    /// `Tracker::follow_broker`), and the feed reads every partition anyway.
+    /// group gave it and acknowledges the assignment with an empty local one: the feed
+    /// reads every partition anyway, and it alone follows broker outages (see
+    /// `Tracker::follow_broker`).
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -221,11 +221,11 @@ impl Tracker {
     ///
     /// Why: a broker that lost its state (Tansu without persistent storage, after a
     /// restart) answers the first fetches with leader hints that carry neither topic name
-    /// nor id, and librdkafka 2.12 dereferences the missing name and crashes (upstream
-    /// issue 5280, open). A paused consumer still refreshes leaders and could meet such an
-    /// answer; a closed one cannot, and a new one starts with a metadata request for a topic
-    /// the supervisor has just seen. Kafka itself always sends topic ids, so there this only
-    /// costs a new consumer per outage.
+    /// nor id. Stock librdkafka 2.12 dereferenced the missing name and crashed; ours is
+    /// patched (vendor/README.md), and a new feed still starts cleaner: with a metadata
+    /// request for a topic the supervisor has just seen, and a check that the topic was
+    /// not recreated behind the stream's position. Kafka itself always sends topic ids, so
+    /// there this only costs a new consumer per outage.
     async fn follow_broker(
         &mut self,
         usable: bool,

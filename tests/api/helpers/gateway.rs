@@ -120,6 +120,21 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        // A test that failed because the gateway died says so ("connection refused" alone
+        // does not), with the end of its log.
+        if std::thread::panicking()
+            && let Ok(Some(status)) = self.child.try_wait()
+        {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            eprintln!(
+                "the gateway had exited ({status}); the end of {}:",
+                self.log.display()
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
