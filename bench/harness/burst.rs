@@ -13,8 +13,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::ChildStdin;
 
 use super::Res;
-use super::fanout::{PER_PROCESS, expect_line, spawn_clients};
-use super::hist::{Latency, round1, round3};
+use super::fanout::{collect_results, expected_line, open_clients};
+use super::hist::{round1, round3};
 use super::http::metric;
 use super::procs::{Build, Gateway, Usage, now_us, rss_bytes};
 use super::produce::{backfill, raw_producer};
@@ -30,30 +30,6 @@ pub(crate) struct Plan {
     pub(crate) orders: usize,
     /// STREAM_BUFFER for this gateway; `None`: the gateway's default.
     pub(crate) buffer: Option<usize>,
-}
-
-/// What the clients must have received, in the protocol of the `stream-clients` role.
-fn expected_line(acked: &[super::produce::Acked]) -> String {
-    let mut parts: std::collections::BTreeMap<i32, (i64, i64)> = Default::default();
-    for a in acked {
-        let e = parts.entry(a.partition).or_insert((a.offset, a.offset));
-        e.0 = e.0.min(a.offset);
-        e.1 = e.1.max(a.offset);
-    }
-    let spec: Vec<String> = parts
-        .iter()
-        .map(|(p, (a, b))| format!("{p}:{a}:{b}"))
-        .collect();
-    format!("E {} {}\n", acked.len(), spec.join(" "))
-}
-
-#[allow(unsafe_code)]
-fn signal(pid: u32, signal: libc::c_int) -> Res<()> {
-    // SAFETY: plain syscall on our own child's pid.
-    if unsafe { libc::kill(pid as libc::pid_t, signal) } == -1 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(())
 }
 
 /// The gateway's own STREAM_BUFFER default, read from its `--help`: the table then names
@@ -106,24 +82,8 @@ pub(crate) async fn run(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_start = rss_bytes(pid);
 
-    let processes = plan.clients.div_ceil(PER_PROCESS).max(2);
-    let mut children = Vec::new();
-    let mut left = plan.clients;
-    for i in 0..processes {
-        let n = left / (processes - i);
-        left -= n;
-        children.push(spawn_clients(addr, n, 0)?);
-    }
-    let (mut connected, mut failed) = (0u64, 0u64);
-    for c in &mut children {
-        let ready = expect_line(c, "READY", Duration::from_secs(120)).await?;
-        let v: Vec<u64> = ready
-            .split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        connected += v.first().copied().unwrap_or(0);
-        failed += v.get(1).copied().unwrap_or(0);
-    }
+    let (mut children, connected, failed) = open_clients(addr, plan.clients).await?;
+    let processes = children.len();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle = rss_bytes(pid);
     let per_stream = rss_idle.saturating_sub(rss_start) as f64 / connected.max(1) as f64;
@@ -131,7 +91,7 @@ pub(crate) async fn run(
     // The stall: the whole gateway stops (as in a long GC-like pause, a frozen VM, a
     // throttled container); another replica or producer keeps writing orders.
     let producer = raw_producer(bootstrap)?;
-    signal(pid, libc::SIGSTOP)?;
+    gateway.signal(libc::SIGSTOP)?;
     let stopped = Instant::now();
     let filled = backfill(&producer, &gateway.topic, plan.orders).await;
     // Tansu answers a waiting fetch at its deadline; let it pass so the gateway finds the
@@ -141,7 +101,7 @@ pub(crate) async fn run(
     let usage = Usage::start(pid);
     let resumed_us = now_us();
     let resumed = Instant::now();
-    signal(pid, libc::SIGCONT)?;
+    gateway.signal(libc::SIGCONT)?;
     let acked = filled?;
 
     // How long the tracker took to hand the backlog to the hub.
@@ -179,21 +139,11 @@ pub(crate) async fn run(
         s.flush().await?;
     }
 
-    let mut latency = Latency::new();
-    let sum = |key: &str, v: &Value, acc: &mut u64| *acc += v[key].as_u64().unwrap_or(0);
-    let (mut complete, mut told, mut silent, mut out_of_order, mut events, mut errors) =
-        (0, 0, 0, 0, 0, 0);
-    for c in &mut children {
-        let result = expect_line(c, "RESULT", Duration::from_secs(120)).await?;
-        let v: Value = serde_json::from_str(&result)?;
-        sum("complete", &v, &mut complete);
-        sum("told", &v, &mut told);
-        sum("silent_incomplete", &v, &mut silent);
-        sum("out_of_order", &v, &mut out_of_order);
-        sum("events", &v, &mut events);
-        sum("errors", &v, &mut errors);
-        latency.add(&Latency::decode(v["latency"].as_str().unwrap_or_default()));
-    }
+    let results = collect_results(&mut children, |_| {}).await?;
+    let get = |key| results.get(key);
+    let (complete, told, silent) = (get("complete"), get("told"), get("silent_incomplete"));
+    let (out_of_order, events, errors) = (get("out_of_order"), get("events"), get("errors"));
+    let latency = &results.latency;
     let settled = resumed.elapsed().as_secs_f64();
     let usage = usage.finish();
     let overflows = metric(addr, "orders_gateway_stream_overflows_total")

@@ -65,6 +65,89 @@ pub(crate) fn spawn_clients(
     })
 }
 
+/// Spreads `clients` streams over child processes (at least two, at most PER_PROCESS
+/// streams each) and waits until each reports READY; returns them with the streams that
+/// connected and that failed to.
+pub(crate) async fn open_clients(
+    addr: std::net::SocketAddr,
+    clients: usize,
+) -> Res<(Vec<ClientProcess>, u64, u64)> {
+    let processes = clients.div_ceil(PER_PROCESS).max(2);
+    let mut children = Vec::new();
+    let mut left = clients;
+    for i in 0..processes {
+        let n = left / (processes - i);
+        left -= n;
+        children.push(spawn_clients(addr, n, 0)?);
+    }
+    let (mut connected, mut failed) = (0u64, 0u64);
+    for c in &mut children {
+        let ready = expect_line(c, "READY", Duration::from_secs(120)).await?;
+        let v: Vec<u64> = ready
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        connected += v.first().copied().unwrap_or(0);
+        failed += v.get(1).copied().unwrap_or(0);
+    }
+    Ok((children, connected, failed))
+}
+
+/// What the clients must have received, in the protocol of the `stream-clients` role:
+/// how many orders, and each partition's first and last acknowledged offset.
+pub(crate) fn expected_line(acked: &[super::produce::Acked]) -> String {
+    let mut parts: std::collections::BTreeMap<i32, (i64, i64)> = Default::default();
+    for a in acked {
+        let e = parts.entry(a.partition).or_insert((a.offset, a.offset));
+        e.0 = e.0.min(a.offset);
+        e.1 = e.1.max(a.offset);
+    }
+    let spec: Vec<String> = parts
+        .iter()
+        .map(|(p, (a, b))| format!("{p}:{a}:{b}"))
+        .collect();
+    format!("E {} {}\n", acked.len(), spec.join(" "))
+}
+
+/// Every client process's RESULT line, its counts summed field by field and its latencies
+/// merged.
+pub(crate) struct Results {
+    sums: std::collections::HashMap<String, u64>,
+    pub(crate) latency: Latency,
+}
+
+impl Results {
+    pub(crate) fn get(&self, key: &str) -> u64 {
+        self.sums.get(key).copied().unwrap_or(0)
+    }
+}
+
+/// Reads each process's RESULT; `each` runs for every process right after (its CPU, say,
+/// before it exits).
+pub(crate) async fn collect_results(
+    children: &mut [ClientProcess],
+    mut each: impl FnMut(&ClientProcess),
+) -> Res<Results> {
+    let mut results = Results {
+        sums: Default::default(),
+        latency: Latency::new(),
+    };
+    for c in children.iter_mut() {
+        let line = expect_line(c, "RESULT", Duration::from_secs(120)).await?;
+        let v: Value = serde_json::from_str(&line)?;
+        for (key, n) in v.as_object().into_iter().flatten() {
+            if let Some(n) = n.as_u64() {
+                *results.sums.entry(key.clone()).or_default() += n;
+            }
+        }
+        results
+            .latency
+            .add(&Latency::decode(v["latency"].as_str().unwrap_or_default()));
+        each(c);
+    }
+    Ok(results)
+}
+
 pub(crate) async fn expect_line(
     p: &mut ClientProcess,
     prefix: &str,
@@ -110,24 +193,8 @@ pub(crate) async fn run(bootstrap: &str, plan: &Plan, logs: &Path) -> Res<(Value
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before = rss_bytes(pid);
 
-    let processes = plan.clients.div_ceil(PER_PROCESS).max(2);
-    let mut children = Vec::new();
-    let mut left = plan.clients;
-    for i in 0..processes {
-        let n = left / (processes - i);
-        left -= n;
-        children.push(spawn_clients(gateway.addr, n, 0)?);
-    }
-    let (mut connected, mut failed) = (0u64, 0u64);
-    for c in &mut children {
-        let ready = expect_line(c, "READY", Duration::from_secs(120)).await?;
-        let v: Vec<u64> = ready
-            .split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        connected += v.first().copied().unwrap_or(0);
-        failed += v.get(1).copied().unwrap_or(0);
-    }
+    let (mut children, connected, failed) = open_clients(gateway.addr, plan.clients).await?;
+    let processes = children.len();
     // Let buffers settle before measuring what idle streams cost.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle = rss_bytes(pid);
@@ -202,40 +269,21 @@ pub(crate) async fn run(bootstrap: &str, plan: &Plan, logs: &Path) -> Res<(Value
     for mut p in perf.into_iter().flatten() {
         let _ = p.wait();
     }
-    let mut parts: std::collections::BTreeMap<i32, (i64, i64)> = Default::default();
-    for a in &run.acked {
-        let e = parts.entry(a.partition).or_insert((a.offset, a.offset));
-        e.0 = e.0.min(a.offset);
-        e.1 = e.1.max(a.offset);
-    }
-    let spec: Vec<String> = parts
-        .iter()
-        .map(|(p, (a, b))| format!("{p}:{a}:{b}"))
-        .collect();
-    let _ = tx.send(format!("E {} {}\n", run.acked.len(), spec.join(" ")));
+    let _ = tx.send(expected_line(&run.acked));
     drop(tx);
     writer.await?;
 
-    let mut latency = Latency::new();
-    let sum = |key: &str, v: &Value, acc: &mut u64| *acc += v[key].as_u64().unwrap_or(0);
-    let (mut complete, mut told, mut silent, mut events, mut before_ack, mut errors) =
-        (0, 0, 0, 0, 0, 0);
     let mut clients_cpu = 0.0;
-    for c in &mut children {
-        let result = expect_line(c, "RESULT", Duration::from_secs(120)).await?;
-        let v: Value = serde_json::from_str(&result)?;
-        sum("complete", &v, &mut complete);
-        sum("told", &v, &mut told);
-        sum("silent_incomplete", &v, &mut silent);
-        sum("events", &v, &mut events);
-        sum("before_ack", &v, &mut before_ack);
-        sum("errors", &v, &mut errors);
-        latency.add(&Latency::decode(v["latency"].as_str().unwrap_or_default()));
+    let results = collect_results(&mut children, |c| {
         if let Some(pid) = c.child.id() {
             clients_cpu += super::procs::cpu_seconds(pid);
         }
+    })
+    .await?;
+    for c in &mut children {
         let _ = c.child.wait().await;
     }
+    let complete = results.get("complete");
     let usage = run.usage;
     gateway.stop();
     let orders = run.acked.len() as u64;
@@ -252,14 +300,14 @@ pub(crate) async fn run(bootstrap: &str, plan: &Plan, logs: &Path) -> Res<(Value
         "post_errors": run.errors,
         "post_latency": run.latency.summary(),
         "expected_events": orders * connected,
-        "events": events,
+        "events": results.get("events"),
         "complete_clients": complete,
-        "told_to_reconnect": told,
-        "silent_incomplete": silent,
-        "client_errors": errors,
+        "told_to_reconnect": results.get("told"),
+        "silent_incomplete": results.get("silent_incomplete"),
+        "client_errors": results.get("errors"),
         "every_order_to_every_client": complete == connected && connected == plan.clients as u64,
-        "events_before_ack": before_ack,
-        "e2e_latency": latency.summary(),
+        "events_before_ack": results.get("before_ack"),
+        "e2e_latency": results.latency.summary(),
         "gateway_cpu_cores": usage.map(|u| round3(u.cpu_cores)),
         "gateway_rss_peak_mib": usage.map(|u| round1(u.rss_peak as f64 / 1048576.0)),
         "gateway_rss_idle_mib": round1(rss_idle as f64 / 1048576.0),

@@ -183,14 +183,19 @@ impl Gateway {
         self.child.0.id()
     }
 
-    /// Stops the gateway the way an orchestrator does (SIGTERM), waiting up to 15 s.
-    pub(crate) fn stop(mut self) {
-        let pid = self.pid() as libc::pid_t;
+    /// Sends `signal` to the gateway (SIGSTOP and SIGCONT stage a stall).
+    pub(crate) fn signal(&self, signal: libc::c_int) -> std::io::Result<()> {
         #[allow(unsafe_code)]
         // SAFETY: plain syscall on our own child's pid.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
+        if unsafe { libc::kill(self.pid() as libc::pid_t, signal) } == -1 {
+            return Err(std::io::Error::last_os_error());
         }
+        Ok(())
+    }
+
+    /// Stops the gateway the way an orchestrator does (SIGTERM), waiting up to 15 s.
+    pub(crate) fn stop(mut self) {
+        let _ = self.signal(libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.0.try_wait() {

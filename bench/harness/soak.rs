@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use super::Res;
-use super::fanout::{expect_line, spawn_clients};
+use super::fanout::{expect_line, expected_line, spawn_clients};
 use super::hist::{Latency, round1, round3};
 use super::procs::{Broker, Build, Gateway, cpu_seconds, rss_bytes};
 use super::produce::{OnAck, Target, open_loop, verify};
@@ -90,17 +90,7 @@ pub(crate) async fn run(minutes: f64, out: &Path, name: &str) -> Res<()> {
     )
     .await?;
     sampler.abort();
-    let mut parts: std::collections::BTreeMap<i32, (i64, i64)> = Default::default();
-    for a in &run.acked {
-        let e = parts.entry(a.partition).or_insert((a.offset, a.offset));
-        e.0 = e.0.min(a.offset);
-        e.1 = e.1.max(a.offset);
-    }
-    let spec: Vec<String> = parts
-        .iter()
-        .map(|(p, (a, b))| format!("{p}:{a}:{b}"))
-        .collect();
-    let _ = tx.send(format!("E {} {}\n", run.acked.len(), spec.join(" ")));
+    let _ = tx.send(expected_line(&run.acked));
     drop(tx);
     writer.await?;
     let result: Value = serde_json::from_str(
