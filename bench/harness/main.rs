@@ -178,13 +178,17 @@ async fn harness(args: Args) -> Res<()> {
     } else {
         Mode::full()
     };
-    // Experiments: BENCH_FANOUT="clients:rate:seconds,..." replaces the fan-out plans.
+    // Experiments: BENCH_FANOUT="clients:rate:seconds[:feed fetch wait ms],..." replaces the
+    // fan-out plans.
     if let Ok(plans) = std::env::var("BENCH_FANOUT") {
         mode.fanout = plans
             .split(',')
             .filter_map(|p| {
                 let v: Vec<u64> = p.split(':').filter_map(|x| x.parse().ok()).collect();
-                Some(plan(*v.first()? as usize, *v.get(1)? as u32, *v.get(2)?))
+                Some(fanout::Plan {
+                    feed_fetch_wait_ms: v.get(3).map(|&w| w as u32),
+                    ..plan(*v.first()? as usize, *v.get(1)? as u32, *v.get(2)?)
+                })
             })
             .collect();
     }
