@@ -3889,6 +3889,7 @@ static int rd_kafka_toppar_producer_serve(rd_kafka_broker_t *rkb,
         int inflight              = 0;
         uint64_t epoch_base_msgid = 0;
         rd_bool_t batch_ready     = rd_false;
+        rd_ts_t wakeup_before_linger = 0; /* orders-gateway patch */
 
         /* By limiting the number of not-yet-sent buffers (rkb_outbufs) we
          * provide a backpressure mechanism to the producer loop
@@ -3973,6 +3974,7 @@ static int rd_kafka_toppar_producer_serve(rd_kafka_broker_t *rkb,
                  * queue.buffering.max.ms contract.
                  * Unless flushing in which case immediate
                  * wakeups are allowed. */
+                wakeup_before_linger = *next_wakeup;
                 batch_ready = rd_kafka_msgq_allow_wakeup_at(
                     &rktp->rktp_msgq, &rktp->rktp_xmit_msgq,
                     /* Only update the broker thread wakeup time
@@ -4062,6 +4064,17 @@ static int rd_kafka_toppar_producer_serve(rd_kafka_broker_t *rkb,
                  * to the broker's sequence de-duplication window. */
                 max_requests = RD_MIN(max_requests,
                                       RD_KAFKA_IDEMP_MAX_INFLIGHT - inflight);
+
+                if (max_requests <= 0 && inflight > 0) {
+                        /* orders-gateway patch: the in-flight batch's
+                         * response wakes this thread (socket IO). A wakeup
+                         * at the batch's linger deadline, already past,
+                         * only made the broker thread spin in poll(0)
+                         * until that response came. */
+                        if (wakeup_before_linger)
+                                *next_wakeup = wakeup_before_linger;
+                        return 0;
+                }
         }
 
 
