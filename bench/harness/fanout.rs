@@ -231,14 +231,8 @@ pub(crate) async fn run(bootstrap: &str, plan: &Plan, logs: &Path) -> Res<(Value
     let perf: Vec<_> = std::env::var("BENCH_PERF_DIR")
         .ok()
         .map(|dir| {
+            let record = super::procs::perf_record(pid, &name, Duration::from_secs(plan.seconds));
             let (pid, seconds) = (pid.to_string(), plan.seconds.to_string());
-            let record = std::process::Command::new("perf")
-                .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
-                .arg(format!("{dir}/{name}.perf.data"))
-                .args(["-p", &pid, "--", "sleep", &seconds])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
             // Writes on the sockets: how well events are coalesced.
             let count = std::process::Command::new("perf")
                 .args([
@@ -251,7 +245,8 @@ pub(crate) async fn run(bootstrap: &str, plan: &Plan, logs: &Path) -> Res<(Value
                 .args(["-p", &pid, "--", "sleep", &seconds])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .spawn();
+                .spawn()
+                .ok();
             [record, count]
         })
         .into_iter()

@@ -351,7 +351,7 @@ async fn produce_section(mode: &Mode, build: Build, logs: &std::path::Path) -> R
                 let health =
                     produce::closed_loop(&Target::Healthz(addr), c, mode.warmup, mode.seconds, pid)
                         .await?;
-                let perf = perf_record(gateway.pid(), &name, mode.warmup + mode.seconds);
+                let perf = procs::perf_record(gateway.pid(), &name, mode.warmup + mode.seconds);
                 let post =
                     produce::closed_loop(&Target::Post(addr), c, mode.warmup, mode.seconds, pid)
                         .await?;
@@ -409,20 +409,6 @@ async fn produce_section(mode: &Mode, build: Build, logs: &std::path::Path) -> R
         }),
         ready,
     ))
-}
-
-/// Profiling: BENCH_PERF_DIR=dir samples the gateway for `window`.
-fn perf_record(pid: u32, name: &str, window: Duration) -> Option<std::process::Child> {
-    let dir = std::env::var("BENCH_PERF_DIR").ok()?;
-    std::process::Command::new("perf")
-        .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
-        .arg(format!("{dir}/{name}.perf.data"))
-        .args(["-p", &pid.to_string(), "--", "sleep"])
-        .arg(window.as_secs_f64().to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()
 }
 
 fn row(health: &Run, post: &Run, raw: &Run) -> Value {

@@ -298,3 +298,29 @@ pub(crate) fn now_us() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
 }
+
+/// Profiling: `BENCH_PERF_DIR=dir` samples the gateway for `window` into
+/// `dir/<name>.perf.data`. `BENCH_PERF_CALLGRAPH=dwarf` unwinds with DWARF instead of frame
+/// pointers: slower and larger, but Rust frames without frame pointers get their callers.
+pub(crate) fn perf_record(pid: u32, name: &str, window: Duration) -> Option<std::process::Child> {
+    let dir = std::env::var("BENCH_PERF_DIR").ok()?;
+    let call_graph = std::env::var("BENCH_PERF_CALLGRAPH").unwrap_or_else(|_| "fp".into());
+    std::process::Command::new("perf")
+        .args([
+            "record",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "999",
+            "--call-graph",
+            &call_graph,
+            "-o",
+        ])
+        .arg(format!("{dir}/{name}.perf.data"))
+        .args(["-p", &pid.to_string(), "--", "sleep"])
+        .arg(window.as_secs_f64().to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()
+}

@@ -138,22 +138,24 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
-    let router = router
+    // One `layer` call for the whole stack: axum boxes every route once per call and
+    // clones each box (nested ones included) on every request, so seven calls cost ~14
+    // allocations per request, a sixth of a POST's. Inside `layer`, not around the
+    // router, so `track_http` still sees the matched route.
+    let middleware = tower::ServiceBuilder::new()
+        // Outermost first: take or make an x-request-id, trace inside its span, echo it back.
+        .layer(SetRequestIdLayer::x_request_id(telemetry::MakeRequestIds))
+        .layer(telemetry::trace_layer())
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(axum::middleware::from_fn(telemetry::track_http))
+        .option_layer(state.edge.cors())
+        .layer(from_fn_with_state(state.clone(), edge::admit))
+        .layer(DefaultBodyLimit::max(state.edge.body_limit));
+    router
         .merge(docs::swagger_ui())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.edge.body_limit))
-        .layer(from_fn_with_state(state.clone(), edge::admit));
-    let router = match state.edge.cors() {
-        Some(cors) => router.layer(cors),
-        None => router,
-    };
-    router
-        // Outermost last: take or make an x-request-id, trace inside its span, echo it back.
-        .layer(axum::middleware::from_fn(telemetry::track_http))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(telemetry::trace_layer())
-        .layer(SetRequestIdLayer::x_request_id(telemetry::MakeRequestIds))
+        .layer(middleware)
         .with_state(state)
 }
 
