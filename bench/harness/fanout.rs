@@ -133,7 +133,8 @@ pub(crate) async fn collect_results(
         latency: Latency::new(),
     };
     for c in children.iter_mut() {
-        let line = expect_line(c, "RESULT", Duration::from_secs(120)).await?;
+        // A client process waits up to 300 s for late events (sse.rs).
+        let line = expect_line(c, "RESULT", Duration::from_secs(330)).await?;
         let v: Value = serde_json::from_str(&line)?;
         for (key, n) in v.as_object().into_iter().flatten() {
             if let Some(n) = n.as_u64() {
@@ -299,6 +300,8 @@ pub(crate) async fn run(bootstrap: &str, plan: &Plan, logs: &Path) -> Res<(Value
         "complete_clients": complete,
         "told_to_reconnect": results.get("told"),
         "silent_incomplete": results.get("silent_incomplete"),
+        // Of those: clients that saw an offset skipped or repeated within a partition.
+        "out_of_order": results.get("out_of_order"),
         "client_errors": results.get("errors"),
         "every_order_to_every_client": complete == connected && connected == plan.clients as u64,
         "events_before_ack": results.get("before_ack"),

@@ -882,8 +882,9 @@ fn check(r: &Value) -> Res<()> {
         }
         if x["silent_incomplete"].as_u64() != Some(0) {
             problems.push(format!(
-                "fan-out {}x{}: clients missed orders without being told",
-                x["clients"], x["rate"]
+                "fan-out {}x{}: {} clients missed orders without being told ({} saw an order \
+                 skipped or repeated)",
+                x["clients"], x["rate"], x["silent_incomplete"], x["out_of_order"]
             ));
         }
     }
