@@ -133,8 +133,7 @@ pub(crate) async fn collect_results(
         latency: Latency::new(),
     };
     for c in children.iter_mut() {
-        // A client process waits up to 300 s for late events (sse.rs).
-        let line = expect_line(c, "RESULT", Duration::from_secs(330)).await?;
+        let line = expect_line(c, "RESULT", super::sse::RESULT_WAIT).await?;
         let v: Value = serde_json::from_str(&line)?;
         for (key, n) in v.as_object().into_iter().flatten() {
             if let Some(n) = n.as_u64() {
@@ -228,41 +227,41 @@ pub(crate) async fn run(bootstrap: &str, plan: &Plan, logs: &Path) -> Res<(Value
         .filter_map(|c| c.child.id())
         .map(super::procs::cpu_seconds)
         .sum();
-    // Profiling: BENCH_PERF_DIR=dir samples the gateway during the measured window.
-    let perf: Vec<_> = std::env::var("BENCH_PERF_DIR")
-        .ok()
-        .map(|dir| {
-            let record = super::procs::perf_record(pid, &name, Duration::from_secs(plan.seconds));
-            let (pid, seconds) = (pid.to_string(), plan.seconds.to_string());
-            // Writes on the sockets: how well events are coalesced.
-            let count = std::process::Command::new("perf")
-                .args([
-                    "stat",
-                    "-e",
-                    "syscalls:sys_enter_writev,syscalls:sys_enter_write",
-                ])
-                .arg("-o")
-                .arg(format!("{dir}/{name}.syscalls.txt"))
-                .args(["-p", &pid, "--", "sleep", &seconds])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .ok();
-            [record, count]
-        })
-        .into_iter()
-        .flatten()
-        .collect();
+    // Profiling: BENCH_PERF_DIR=dir samples the gateway during the measured window, and
+    // counts its writes on the sockets: how well events are coalesced.
+    let window = Duration::from_secs(plan.seconds);
+    let record = super::procs::perf_record(pid, &name, window);
+    let count = std::env::var("BENCH_PERF_DIR").ok().and_then(|dir| {
+        std::process::Command::new("perf")
+            .args([
+                "stat",
+                "-e",
+                "syscalls:sys_enter_writev,syscalls:sys_enter_write",
+            ])
+            .arg("-o")
+            .arg(format!("{dir}/{name}.syscalls.txt"))
+            .args([
+                "-p",
+                &pid.to_string(),
+                "--",
+                "sleep",
+                &plan.seconds.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()
+    });
     let run = open_loop(
         &Target::Post(gateway.addr),
         plan.rate,
         Duration::ZERO,
-        Duration::from_secs(plan.seconds),
+        window,
         Some(pid),
         Some(on_ack),
     )
     .await?;
-    for mut p in perf.into_iter().flatten() {
+    for mut p in [record, count].into_iter().flatten() {
         let _ = p.wait();
     }
     let _ = tx.send(expected_line(&run.acked));

@@ -93,9 +93,8 @@ pub(crate) async fn run(minutes: f64, out: &Path, name: &str) -> Res<()> {
     let _ = tx.send(expected_line(&run.acked));
     drop(tx);
     writer.await?;
-    let result: Value = serde_json::from_str(
-        &expect_line(&mut clients, "RESULT", Duration::from_secs(120)).await?,
-    )?;
+    let result: Value =
+        serde_json::from_str(&expect_line(&mut clients, "RESULT", super::sse::RESULT_WAIT).await?)?;
     let _ = clients.child.wait().await;
     let latency = Latency::decode(result["latency"].as_str().unwrap_or_default());
     let (bootstrap, topic, acked) = (

@@ -13,6 +13,14 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::Res;
+
+/// How long a stream-clients process waits at most for late events after the last order
+/// (it stops earlier once every client is done, or none received anything for 10 s).
+pub(crate) const LATE_EVENTS_WAIT: Duration = Duration::from_secs(300);
+
+/// How long the harness waits for a stream-clients process's RESULT: its wait for late
+/// events and some time to report.
+pub(crate) const RESULT_WAIT: Duration = Duration::from_secs(LATE_EVENTS_WAIT.as_secs() + 30);
 use super::hist::Latency;
 use super::http::json_int;
 use super::procs::now_us;
@@ -444,7 +452,7 @@ async fn child(addr: SocketAddr, n: usize, slow_every: usize) -> Res<()> {
             (progress, last_progress) = (received, now);
         }
         let stalled = now - last_progress > Duration::from_secs(10);
-        if waiting == 0 || stalled || now - started > Duration::from_secs(300) {
+        if waiting == 0 || stalled || now - started > LATE_EVENTS_WAIT {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
