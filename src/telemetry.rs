@@ -1,18 +1,19 @@
 //! Observability: logs, the per-request span with its request id, and Prometheus metrics.
 
+use std::future::Future;
+use std::io::Write;
+use std::pin::Pin;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::MatchedPath;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use axum::http::{HeaderValue, Method, Request};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::http::{HeaderName, HeaderValue, Method, Request, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
-use tower_http::request_id::{MakeRequestId, RequestId};
 use tower_http::trace::{DefaultOnResponse, MakeSpan, TraceLayer};
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
@@ -128,19 +129,73 @@ fn upkeep(handle: PrometheusHandle) {
 }
 
 /// Counts every request by route template (never the raw path: bounded label values),
-/// method and status, and times it.
-pub async fn track_http(
-    matched: Option<MatchedPath>,
-    request: Request<Body>,
-    next: Next,
-) -> Response {
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let method = method_label(request.method());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    HttpMetrics::record(route, method, response.status().as_u16(), elapsed);
-    response
+/// method and status, and times it to its response head. Inside the router's layer stack,
+/// so it sees the matched route; a hand-written layer, as [`crate::http::edge::AdmitLayer`]
+/// says why.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrackHttpLayer;
+
+impl<S> Layer<S> for TrackHttpLayer {
+    type Service = TrackHttp<S>;
+
+    fn layer(&self, inner: S) -> TrackHttp<S> {
+        TrackHttp(inner)
+    }
+}
+
+/// The service of [`TrackHttpLayer`].
+#[derive(Debug, Clone)]
+pub struct TrackHttp<S>(S);
+
+impl<S, B, R> Service<Request<B>> for TrackHttp<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = Tracked<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        Tracked {
+            route: request.extensions().get::<MatchedPath>().cloned(),
+            method: method_label(request.method()),
+            started: Instant::now(),
+            inner: self.0.call(request),
+        }
+    }
+}
+
+pin_project! {
+    /// A request's answer, counted and timed when it is ready.
+    pub struct Tracked<F> {
+        #[pin]
+        inner: F,
+        route: Option<MatchedPath>,
+        method: &'static str,
+        started: Instant,
+    }
+}
+
+impl<F, R, E> Future for Tracked<F>
+where
+    F: Future<Output = Result<Response<R>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let answer = std::task::ready!(this.inner.poll(cx));
+        if let Ok(response) = &answer {
+            let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+            let elapsed = this.started.elapsed().as_secs_f64();
+            HttpMetrics::record(route, this.method, response.status().as_u16(), elapsed);
+        }
+        Poll::Ready(answer)
+    }
 }
 
 /// A bounded label for any method: the standard ones by name, the rest as `other`.
@@ -224,24 +279,94 @@ impl HttpMetrics {
     }
 }
 
-/// Request ids for requests that come without one: a random prefix per process and a
-/// counter, unique across replicas without a UUID (random bytes and formatting) per request.
+/// Gives every request an `x-request-id` (its own, or a new one) and echoes it on the
+/// answer. Outermost, so the request's span and every log line carry it.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct MakeRequestIds;
+pub struct RequestIdLayer;
 
-impl MakeRequestId for MakeRequestIds {
-    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        static PREFIX: OnceLock<String> = OnceLock::new();
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let prefix = PREFIX.get_or_init(|| {
-            let random = uuid::Uuid::new_v4().as_u128() as u64;
-            format!("{random:016x}")
-        });
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{prefix}-{n:x}"))
-            .ok()
-            .map(RequestId::new)
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = WithRequestId<S>;
+
+    fn layer(&self, inner: S) -> WithRequestId<S> {
+        WithRequestId(inner)
     }
+}
+
+/// The service of [`RequestIdLayer`].
+#[derive(Debug, Clone)]
+pub struct WithRequestId<S>(S);
+
+impl<S, B, R> Service<Request<B>> for WithRequestId<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = Echoed<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let id = match request.headers().get(X_REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = new_request_id();
+                request.headers_mut().insert(X_REQUEST_ID, id.clone());
+                id
+            }
+        };
+        Echoed {
+            inner: self.0.call(request),
+            id: Some(id),
+        }
+    }
+}
+
+pin_project! {
+    /// A request's answer, with its request id added unless the handler set one.
+    pub struct Echoed<F> {
+        #[pin]
+        inner: F,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F, R, E> Future for Echoed<F>
+where
+    F: Future<Output = Result<Response<R>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let mut answer = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(id)) = (&mut answer, this.id.take()) {
+            response.headers_mut().entry(X_REQUEST_ID).or_insert(id);
+        }
+        Poll::Ready(answer)
+    }
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A request id for a request that came without one: a random prefix per process and a
+/// counter, unique across replicas without a UUID (random bytes and formatting) per
+/// request, written on the stack.
+fn new_request_id() -> HeaderValue {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u128() as u64);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    // 16 hex digits, a dash, at most 16 more.
+    let mut buffer = [0u8; 33];
+    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+    // The buffer holds the longest id, so the write cannot fail.
+    let _ = write!(cursor, "{prefix:016x}-{n:x}");
+    let len = cursor.position() as usize;
+    // Hex digits and a dash are valid header bytes.
+    HeaderValue::from_bytes(&buffer[..len]).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// Help texts, and a zero for every unlabelled counter so dashboards see it before the
@@ -342,4 +467,28 @@ fn describe_metrics() {
         metrics::counter!(name).increment(0);
     }
     metrics::gauge!("orders_gateway_open_streams").increment(0.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_request_ids_are_a_process_prefix_and_a_counter() {
+        let (a, b) = (new_request_id(), new_request_id());
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+        assert_ne!(a, b);
+        for id in [a, b] {
+            let (prefix, n) = id.split_once('-').unwrap();
+            assert_eq!(prefix.len(), 16, "{id}");
+            assert!(
+                prefix
+                    .bytes()
+                    .chain(n.bytes())
+                    .all(|c| c.is_ascii_hexdigit()),
+                "{id}"
+            );
+        }
+        assert_eq!(a.split_once('-').unwrap().0, b.split_once('-').unwrap().0);
+    }
 }

@@ -410,11 +410,21 @@ pub fn millis(t: SystemTime) -> i64 {
 /// that range: a record's timestamp is whatever its producer chose, and humantime's `Display`
 /// fails past 9999, which `to_string` turns into a panic (found by fuzz target `record`).
 pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(clamped(t)).to_string()
+}
+
+/// [`rfc3339`] appended to `out`, without a String of its own.
+pub fn write_rfc3339(out: &mut Vec<u8>, t: SystemTime) {
+    use std::io::Write;
+    // Writing into memory cannot fail, and the clamp keeps `Display` within its range.
+    let _ = write!(out, "{}", humantime::format_rfc3339_millis(clamped(t)));
+}
+
+fn clamped(t: SystemTime) -> SystemTime {
     let t = t.max(SystemTime::UNIX_EPOCH);
-    let t = SystemTime::UNIX_EPOCH
+    SystemTime::UNIX_EPOCH
         .checked_add(Duration::from_millis(LAST_RFC3339_MILLIS))
-        .map_or(t, |last| t.min(last));
-    humantime::format_rfc3339_millis(t).to_string()
+        .map_or(t, |last| t.min(last))
 }
 
 /// 9999-12-31T23:59:59.999Z, the last millisecond humantime formats.
@@ -680,6 +690,17 @@ mod tests {
         assert_eq!(at(u64::MAX / 2), "9999-12-31T23:59:59.999Z");
         let before_1970 = SystemTime::UNIX_EPOCH - Duration::from_millis(1);
         assert_eq!(rfc3339(before_1970), "1970-01-01T00:00:00.000Z");
+
+        // The appending form writes the same, clamped alike.
+        for t in [
+            before_1970,
+            far,
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_166_282_123),
+        ] {
+            let mut out = b"at ".to_vec();
+            write_rfc3339(&mut out, t);
+            assert_eq!(out, format!("at {}", rfc3339(t)).into_bytes());
+        }
     }
 
     #[test]

@@ -2,15 +2,21 @@
 //! sizes, the request timeout, the rate limit, CORS and the bearer tokens. Shared behind one
 //! `Arc`, so cloning the state per request copies no strings.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::{Either, Ready, ready};
+use pin_project_lite::pin_project;
+use tokio::time::Timeout;
+use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use super::AppState;
 use super::error::ApiError;
 use super::rate_limit::{self, RateLimiter};
 use crate::config::{Config, Secret};
@@ -75,29 +81,105 @@ impl Edge {
     }
 }
 
-/// Every request passes here before its handler: refused (429) when its client is over
-/// RATE_LIMIT, refused (431) when its header block is larger than MAX_HEADER_BYTES, and
-/// answered 408 when it does not finish within REQUEST_TIMEOUT (a stream counts only until
-/// its answer starts). One middleware, not one per check: axum's `from_fn` clones its inner
-/// service and boxes a future for every request it passes.
-pub async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let edge = &state.edge;
-    if let Some(limiter) = &edge.rate_limiter
-        && let Err(refused) = rate_limit::admit(limiter, &request)
-    {
-        return refused.into_response();
+/// Passes every request through [`Edge::refusal`] and bounds it by REQUEST_TIMEOUT (408).
+/// A hand-written layer, not `axum::middleware::from_fn`: that one clones its inner
+/// service (a boxed route) and boxes a future for every request.
+#[derive(Clone)]
+pub struct AdmitLayer(Arc<Edge>);
+
+impl AdmitLayer {
+    pub fn new(edge: Arc<Edge>) -> Self {
+        Self(edge)
     }
-    let header_bytes: usize = request
-        .headers()
-        .iter()
-        // Each line is `name: value\r\n`.
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    if header_bytes > edge.max_header_bytes {
-        return ApiError::HeadersTooLarge(edge.max_header_bytes).into_response();
+}
+
+impl<S> Layer<S> for AdmitLayer {
+    type Service = Admit<S>;
+
+    fn layer(&self, inner: S) -> Admit<S> {
+        Admit {
+            edge: self.0.clone(),
+            inner,
+        }
     }
-    match tokio::time::timeout(edge.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::RequestTimeout(edge.request_timeout).into_response(),
+}
+
+/// The service of [`AdmitLayer`].
+#[derive(Clone)]
+pub struct Admit<S> {
+    edge: Arc<Edge>,
+    inner: S,
+}
+
+impl<S> Service<Request> for Admit<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, Bounded<S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if let Some(refused) = self.edge.refusal(&request) {
+            return Either::Left(ready(Ok(refused)));
+        }
+        let limit = self.edge.request_timeout;
+        Either::Right(Bounded {
+            inner: tokio::time::timeout(limit, self.inner.call(request)),
+            limit,
+        })
+    }
+}
+
+pin_project! {
+    /// A request's answer, or 408 once REQUEST_TIMEOUT passed (a stream counts only until
+    /// its answer starts).
+    pub struct Bounded<F> {
+        #[pin]
+        inner: Timeout<F>,
+        limit: Duration,
+    }
+}
+
+impl<F, E> Future for Bounded<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.inner.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(answer)) => Poll::Ready(answer),
+            Poll::Ready(Err(_)) => {
+                Poll::Ready(Ok(ApiError::RequestTimeout(*this.limit).into_response()))
+            }
+        }
+    }
+}
+
+impl Edge {
+    /// Why a request is refused before its handler sees it, as the answer to give: 429 when
+    /// its client is over RATE_LIMIT, 431 when its header block is larger than
+    /// MAX_HEADER_BYTES.
+    fn refusal(&self, request: &Request) -> Option<Response> {
+        if let Some(limiter) = &self.rate_limiter
+            && let Err(refused) = rate_limit::admit(limiter, request)
+        {
+            return Some(refused.into_response());
+        }
+        let header_bytes: usize = request
+            .headers()
+            .iter()
+            // Each line is `name: value\r\n`.
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        (header_bytes > self.max_header_bytes)
+            .then(|| ApiError::HeadersTooLarge(self.max_header_bytes).into_response())
     }
 }

@@ -2,7 +2,9 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
+
+use http_body_util::LengthLimitError;
 
 use super::AppState;
 use super::error::ApiError;
@@ -19,14 +21,18 @@ impl FromRequest<AppState> for JsonBody {
         if !declares_json(req.headers()) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        Bytes::from_request(req, state)
+        // The limit applied here, not by axum's `DefaultBodyLimit` layer, which costs every
+        // request an extension.
+        let limit = state.edge.body_limit;
+        axum::body::to_bytes(req.into_body(), limit)
             .await
             .map(JsonBody)
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge(state.edge.body_limit)
+            .map_err(|error| {
+                let cause = std::error::Error::source(&error);
+                if cause.is_some_and(<dyn std::error::Error>::is::<LengthLimitError>) {
+                    ApiError::PayloadTooLarge(limit)
                 } else {
-                    ApiError::BadRequest(rejection.body_text())
+                    ApiError::BadRequest(format!("Failed to read the request body: {error}"))
                 }
             })
     }

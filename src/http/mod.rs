@@ -17,11 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
-use axum::middleware::from_fn_with_state;
 use tokio_util::sync::CancellationToken;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -141,16 +138,15 @@ pub fn router(state: AppState) -> Router {
     // One `layer` call for the whole stack: axum boxes every route once per call and
     // clones each box (nested ones included) on every request, so seven calls cost ~14
     // allocations per request, a sixth of a POST's. Inside `layer`, not around the
-    // router, so `track_http` still sees the matched route.
+    // router, so `TrackHttpLayer` still sees the matched route.
     let middleware = tower::ServiceBuilder::new()
-        // Outermost first: take or make an x-request-id, trace inside its span, echo it back.
-        .layer(SetRequestIdLayer::x_request_id(telemetry::MakeRequestIds))
+        // Outermost first: take or make an x-request-id (echoed on the answer), trace
+        // inside its span, count, answer CORS, admit.
+        .layer(telemetry::RequestIdLayer)
         .layer(telemetry::trace_layer())
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(axum::middleware::from_fn(telemetry::track_http))
+        .layer(telemetry::TrackHttpLayer)
         .option_layer(state.edge.cors())
-        .layer(from_fn_with_state(state.clone(), edge::admit))
-        .layer(DefaultBodyLimit::max(state.edge.body_limit));
+        .layer(edge::AdmitLayer::new(state.edge.clone()));
     router
         .merge(docs::swagger_ui())
         .fallback(not_found)

@@ -2,7 +2,8 @@
 
 use std::time::SystemTime;
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
@@ -13,7 +14,7 @@ use super::AppState;
 use super::auth::MayOrder;
 use super::error::{ApiError, Problem};
 use super::json::JsonBody;
-use crate::domain::order::rfc3339;
+use crate::domain::order::write_rfc3339;
 use crate::domain::{NewOrder, Order, Rejected};
 use crate::idempotency::{IdempotencyKey, KeyReused, Source};
 use crate::publisher::Receipt;
@@ -77,10 +78,10 @@ pub struct OrderAccepted {
 pub async fn place_order(
     State(state): State<AppState>,
     _: MayOrder,
-    headers: HeaderMap,
+    headers: OrderHeaders,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(&headers)?;
+    let key = headers.idempotency_key?;
     // Without an id of its own, an order sent with a key takes the key's: retries on any
     // instance then name the same order.
     let order = Order::from_json(
@@ -93,10 +94,7 @@ pub async fn place_order(
         Rejected::Invalid(errors) => ApiError::Validation(errors),
     })?;
     tracing::Span::current().record("order_id", tracing::field::display(order.order_id));
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_traceparent(v));
+    let traceparent = headers.traceparent.as_ref().and_then(|v| v.to_str().ok());
     let (outcome, source) = match key {
         None => {
             let receipt = state.publisher.publish(&order, traceparent).await;
@@ -151,9 +149,34 @@ fn accepted_json(order: &Order, receipt: &Receipt) -> Vec<u8> {
     out.extend_from_slice(br#","offset":"#);
     out.extend_from_slice(itoa::Buffer::new().format(receipt.offset).as_bytes());
     out.extend_from_slice(br#","timestamp":""#);
-    out.extend_from_slice(rfc3339(receipt.timestamp).as_bytes());
+    write_rfc3339(&mut out, receipt.timestamp);
     out.extend_from_slice(br#""}"#);
     out
+}
+
+/// The two headers `POST /orders` reads, taken from the request without copying its
+/// header map (axum's `HeaderMap` extractor clones every header).
+pub struct OrderHeaders {
+    /// A malformed key is refused once the body was read, as any other bad input.
+    idempotency_key: Result<Option<IdempotencyKey>, ApiError>,
+    /// A valid W3C `traceparent`, to carry into the record.
+    traceparent: Option<HeaderValue>,
+}
+
+impl<S: Sync> FromRequestParts<S> for OrderHeaders {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let traceparent = parts
+            .headers
+            .get("traceparent")
+            .filter(|v| v.to_str().is_ok_and(is_traceparent))
+            .cloned();
+        Ok(Self {
+            idempotency_key: idempotency_key(&parts.headers),
+            traceparent,
+        })
+    }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
@@ -187,6 +210,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
+    use crate::domain::order::rfc3339;
 
     #[test]
     fn the_accepted_answer_is_what_order_accepted_serialises_to() {
