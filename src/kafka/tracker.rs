@@ -11,6 +11,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use futures_util::FutureExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -202,7 +203,10 @@ impl Tracker {
                 message = next(self.feed.as_deref()) => message,
             };
             match message {
-                Ok(message) => handle(&message, &hub),
+                Ok(message) => {
+                    handle(&message, &hub);
+                    drain(self.feed.as_deref(), &hub);
+                }
                 Err(error) => {
                     tracing::warn!(%error, "tracker: receive failed");
                     // Errors come back at once while the broker is away; don't spin on them.
@@ -326,6 +330,28 @@ async fn next(feed: Option<&Client>) -> KafkaResult<BorrowedMessage<'_>> {
     match feed {
         Some(feed) => feed.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// At most this many records are handled in one go before the tracker's other duties
+/// (commits, lag, the member's group protocol, shutdown) get a look.
+const DRAIN_AT_MOST: usize = 512;
+
+/// Handles the records the feed already holds without another trip through the tracker's
+/// `select!`, which polls two timers, the member's queue, the readiness watch and the
+/// cancel token for every record it passes on.
+fn drain(feed: Option<&Client>, hub: &Hub) {
+    let Some(feed) = feed else { return };
+    for _ in 0..DRAIN_AT_MOST {
+        match feed.recv().now_or_never() {
+            Some(Ok(message)) => handle(&message, hub),
+            // Logged as in the select; if errors go on, its next receive backs off.
+            Some(Err(error)) => {
+                tracing::warn!(%error, "tracker: receive failed");
+                return;
+            }
+            None => return,
+        }
     }
 }
 
