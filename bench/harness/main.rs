@@ -422,7 +422,8 @@ fn row(health: &Run, post: &Run, raw: &Run) -> Value {
         "post": post.to_json(),
         "raw": raw.to_json(),
         "post_vs_healthz": round3(post.per_second() / health.per_second().max(1e-9)),
-        "post_vs_raw": round3(post.per_second() / raw.per_second().max(1e-9)),
+        // The baseline build runs no raw producer: no ratio rather than a huge one.
+        "post_vs_raw": (raw.per_second() > 0.0).then(|| round3(post.per_second() / raw.per_second())),
     })
 }
 
