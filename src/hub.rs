@@ -109,6 +109,9 @@ impl Hub {
     /// its partition was already published (Kafka redelivers after a rebalance) and is
     /// skipped, so clients never see it twice; returns whether it was published.
     pub fn publish(&self, order: TrackedOrder) -> bool {
+        // Written before the lock is taken: subscribers joining meanwhile need not wait.
+        // A struct of strings and integers always serialises.
+        let data = serde_json::to_string(&order).unwrap_or_default();
         let mut inner = self.lock();
         if inner.position.has_passed(order.partition, order.offset) {
             return false;
@@ -118,8 +121,7 @@ impl Hub {
             .advance(order.partition, order.offset, order.stamp());
         let event = Arc::new(StreamEvent {
             id: inner.position.encode(&self.topic),
-            // A struct of strings and integers always serialises.
-            data: serde_json::to_string(&order).unwrap_or_default(),
+            data,
             order,
             rendered: OnceLock::new(),
         });
