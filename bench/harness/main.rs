@@ -203,6 +203,13 @@ async fn harness(args: Args) -> Res<()> {
             })
             .collect();
     }
+    // BENCH_RATE_SECONDS=15 sets how long the fixed-rate load runs (the full run's length).
+    if let Some(seconds) = std::env::var("BENCH_RATE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        mode.rate_seconds = Duration::from_secs(seconds);
+    }
     if let Ok(buffers) = std::env::var("BENCH_BURST_BUFFERS") {
         mode.burst_buffers = buffers.split(',').map(|b| b.trim().parse().ok()).collect();
     }
