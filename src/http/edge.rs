@@ -79,6 +79,25 @@ impl Edge {
                 .max_age(Duration::from_secs(3600)),
         )
     }
+
+    /// Why a request is refused before its handler sees it, as the answer to give: 429 when
+    /// its client is over RATE_LIMIT, 431 when its header block is larger than
+    /// MAX_HEADER_BYTES.
+    fn refusal(&self, request: &Request) -> Option<Response> {
+        if let Some(limiter) = &self.rate_limiter
+            && let Err(refused) = rate_limit::admit(limiter, request)
+        {
+            return Some(refused.into_response());
+        }
+        let header_bytes: usize = request
+            .headers()
+            .iter()
+            // Each line is `name: value\r\n`.
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        (header_bytes > self.max_header_bytes)
+            .then(|| ApiError::HeadersTooLarge(self.max_header_bytes).into_response())
+    }
 }
 
 /// Passes every request through [`Edge::refusal`] and bounds it by REQUEST_TIMEOUT (408).
@@ -160,26 +179,5 @@ where
                 Poll::Ready(Ok(ApiError::RequestTimeout(*this.limit).into_response()))
             }
         }
-    }
-}
-
-impl Edge {
-    /// Why a request is refused before its handler sees it, as the answer to give: 429 when
-    /// its client is over RATE_LIMIT, 431 when its header block is larger than
-    /// MAX_HEADER_BYTES.
-    fn refusal(&self, request: &Request) -> Option<Response> {
-        if let Some(limiter) = &self.rate_limiter
-            && let Err(refused) = rate_limit::admit(limiter, request)
-        {
-            return Some(refused.into_response());
-        }
-        let header_bytes: usize = request
-            .headers()
-            .iter()
-            // Each line is `name: value\r\n`.
-            .map(|(name, value)| name.as_str().len() + value.len() + 4)
-            .sum();
-        (header_bytes > self.max_header_bytes)
-            .then(|| ApiError::HeadersTooLarge(self.max_header_bytes).into_response())
     }
 }

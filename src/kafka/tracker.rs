@@ -202,16 +202,14 @@ impl Tracker {
                 }
                 message = next(self.feed.as_deref()) => message,
             };
-            match message {
-                Ok(message) => {
-                    handle(&message, &hub);
-                    drain(self.feed.as_deref(), &hub);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "tracker: receive failed");
-                    // Errors come back at once while the broker is away; don't spin on them.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+            let received = message.and_then(|message| {
+                handle(&message, &hub);
+                drain(self.feed.as_deref(), &hub)
+            });
+            if let Err(error) = received {
+                tracing::warn!(%error, "tracker: receive failed");
+                // Errors come back at once while the broker is away; don't spin on them.
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
         self.commit(&hub, CommitMode::Sync).await;
@@ -339,20 +337,17 @@ const DRAIN_AT_MOST: usize = 512;
 
 /// Handles the records the feed already holds without another trip through the tracker's
 /// `select!`, which polls two timers, the member's queue, the readiness watch and the
-/// cancel token for every record it passes on.
-fn drain(feed: Option<&Client>, hub: &Hub) {
-    let Some(feed) = feed else { return };
+/// cancel token for every record it passes on. A receive error ends the run and goes to
+/// the caller, which reports it and backs off as for any other.
+fn drain(feed: Option<&Client>, hub: &Hub) -> KafkaResult<()> {
+    let Some(feed) = feed else { return Ok(()) };
     for _ in 0..DRAIN_AT_MOST {
         match feed.recv().now_or_never() {
-            Some(Ok(message)) => handle(&message, hub),
-            // Logged as in the select; if errors go on, its next receive backs off.
-            Some(Err(error)) => {
-                tracing::warn!(%error, "tracker: receive failed");
-                return;
-            }
-            None => return,
+            Some(message) => handle(&message?, hub),
+            None => break,
         }
     }
+    Ok(())
 }
 
 /// Assigns the feed every partition, each at the group's committed offset (the start for a
